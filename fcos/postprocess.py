@@ -1,0 +1,64 @@
+"""`PostProcess`: scores, per-level top-k, decoding, clipping and class-wise NMS, batched over images."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from .config import FCOSConfig
+
+
+class PostProcess(nn.Module):
+    """Head outputs -> per image {"boxes" [K, 4], "scores" [K], "labels" [K]} in resized-image pixels."""
+
+    def __init__(self, cfg: FCOSConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def forward(self, cls_logits: Tensor, box_reg: Tensor, ctr_logits: Tensor, points: Tensor,
+                point_strides: Tensor, level_sizes: list[int], image_sizes: Tensor) -> list[dict]:
+        """cls_logits [B, P, K], box_reg [B, P, 4] in stride units, ctr_logits [B, P]; points [P, 2];
+        point_strides [P]; level_sizes: points per level; image_sizes [B, 2] (h, w)."""
+        cfg = self.cfg
+        b, p, k = cls_logits.shape
+        scores = torch.sqrt(torch.sigmoid(cls_logits.float()) * torch.sigmoid(ctr_logits.float())[..., None])
+        scores = torch.where(scores > cfg.score_thresh, scores, torch.zeros_like(scores))
+
+        # Per-level top-k without a loop over images or levels: pad levels to a common length.
+        n_levels, longest = len(level_sizes), max(level_sizes)
+        starts = torch.tensor([0] + level_sizes[:-1], device=scores.device).cumsum(0)
+        slot = torch.arange(longest, device=scores.device)
+        point_idx = (starts[:, None] + slot[None]).clamp(max=p - 1)                     # [L, longest]
+        inside = slot[None] < torch.tensor(level_sizes, device=scores.device)[:, None]  # [L, longest]
+        per_level = scores[:, point_idx] * inside[None, :, :, None]                    # [B, L, longest, K]
+        per_level = per_level.flatten(2)
+        top_scores, top_idx = per_level.topk(min(cfg.topk_candidates, per_level.shape[-1]), dim=-1)
+        keep = top_scores > 0
+        img = torch.arange(b, device=scores.device)[:, None, None].expand_as(top_idx)[keep]
+        lvl = torch.arange(n_levels, device=scores.device)[None, :, None].expand_as(top_idx)[keep]
+        flat = top_idx[keep]
+        pt = point_idx[lvl, flat // k]
+        labels = flat % k
+        scores = top_scores[keep]
+
+        ltrb = box_reg[img, pt].float() * point_strides[pt, None]
+        xy = points[pt]
+        boxes = torch.cat((xy - ltrb[:, :2], xy + ltrb[:, 2:]), dim=1)
+        hw = image_sizes[img]
+        boxes = torch.minimum(boxes.clamp(min=0), hw.flip(1).repeat(1, 2))
+        ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, labels, img = boxes[ok], scores[ok], labels[ok], img[ok]
+
+        # Class-wise NMS for every image at once: the group id separates images and classes.
+        kept = batched_nms(boxes, scores, img * k + labels, cfg.nms_thresh)   # sorted by score
+        img = img[kept]
+        order = torch.sort(img, stable=True).indices                          # by image, score order kept
+        kept, img = kept[order], img[order]
+        counts = torch.bincount(img, minlength=b)
+        first = counts.cumsum(0) - counts
+        rank = torch.arange(len(img), device=img.device) - first[img]
+        top = rank < cfg.detections_per_img
+        kept, counts = kept[top], counts.clamp(max=cfg.detections_per_img)
+        return [{"boxes": bx, "scores": sc, "labels": lb} for bx, sc, lb in
+                zip(*(t[kept].split(counts.tolist()) for t in (boxes, scores, labels)))]

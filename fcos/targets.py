@@ -1,0 +1,64 @@
+"""Positive/negative assignment of points to boxes, vectorised over the batch, all points and all boxes."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack per-image boxes [N_i, 4] and labels [N_i] into boxes [B, M, 4], labels [B, M], valid [B, M]."""
+    m = max([len(t["boxes"]) for t in targets] + [1])
+    b = len(targets)
+    boxes = torch.zeros(b, m, 4, device=device)
+    labels = torch.zeros(b, m, dtype=torch.long, device=device)
+    valid = torch.zeros(b, m, dtype=torch.bool, device=device)
+    for i, t in enumerate(targets):  # one copy per image: the batch's boxes are ragged
+        n = len(t["boxes"])
+        boxes[i, :n] = t["boxes"].to(device, torch.float32)
+        labels[i, :n] = t["labels"].to(device)
+        valid[i, :n] = True
+    return boxes, labels, valid
+
+
+def assign_targets(points: Tensor, point_strides: Tensor, point_lo: Tensor, point_hi: Tensor,
+                   boxes: Tensor, valid: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    """Match every point to at most one box.
+
+    A point is positive for a box when it lies strictly inside the box, inside the center region
+    (box center +- radius * stride, clipped to the box), and max(l, t, r, b) lies in [lo, hi] of its
+    level. Among several such boxes the smallest area wins.
+
+    points [P, 2] (x, y); point_strides, point_lo, point_hi [P]; boxes [B, M, 4] x1y1x2y2; valid [B, M].
+    Returns matched box index [B, P] (-1: negative) and the matched boxes [B, P, 4].
+    """
+    x = points[None, :, None, 0]                          # [1, P, 1]
+    y = points[None, :, None, 1]
+    x1, y1, x2, y2 = (boxes[:, None, :, k] for k in range(4))  # [B, 1, M]
+    ltrb = torch.stack((x - x1, y - y1, x2 - x, y2 - y), dim=-1)  # [B, P, M, 4]
+    inside_box = ltrb.amin(dim=-1) > 0
+
+    r = (point_strides * radius)[None, :, None]           # [1, P, 1]
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    cl = torch.maximum(cx - r, x1)
+    ct = torch.maximum(cy - r, y1)
+    cr = torch.minimum(cx + r, x2)
+    cb = torch.minimum(cy + r, y2)
+    inside_center = (x > cl) & (y > ct) & (x < cr) & (y < cb)
+
+    max_dist = ltrb.amax(dim=-1)
+    in_range = (max_dist >= point_lo[None, :, None]) & (max_dist <= point_hi[None, :, None])
+
+    area = ((x2 - x1) * (y2 - y1)).expand_as(max_dist)
+    candidate = inside_box & inside_center & in_range & valid[:, None, :]
+    area = torch.where(candidate, area, torch.full_like(area, float("inf")))
+    min_area, idx = area.min(dim=-1)                      # ties: the first box of smallest area
+    matched = torch.where(torch.isfinite(min_area), idx, torch.full_like(idx, -1))
+    matched_boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))
+    return matched, matched_boxes
+
+
+def centerness_target(ltrb: Tensor) -> Tensor:
+    """sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) for ltrb [N, 4] of positives -> [N]."""
+    lr, tb = ltrb[:, [0, 2]], ltrb[:, [1, 3]]
+    ratio = (lr.amin(-1) / lr.amax(-1).clamp(min=1e-6)) * (tb.amin(-1) / tb.amax(-1).clamp(min=1e-6))
+    return ratio.clamp(min=0).sqrt()
