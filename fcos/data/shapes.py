@@ -1,0 +1,126 @@
+"""The embedded default dataset: shapes on noisy backgrounds, generated deterministically in VOC layout.
+
+Six classes told apart by shape only (colours are drawn independently of the class), sizes from ~12 px
+to the whole image so that P3-P5 all receive positives, several objects per image with overlap
+(occlusion capped at half an object), objects cut by the border (`truncated` 1), gradient + noise +
+clutter backgrounds and some images with no object. PNG files and hand-written XML: the same seed gives
+the same bytes on every machine.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES_CLASSES = ["circle", "square", "triangle", "star", "cross", "hexagon"]
+
+
+def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Vertices of a shape of circumradius r centred at (cx, cy), rotated by angle (radians)."""
+    if kind == "square":
+        pts = [(math.cos(a), math.sin(a)) for a in np.arange(4) * math.pi / 2 + math.pi / 4]
+    elif kind == "triangle":
+        pts = [(math.cos(a), math.sin(a)) for a in np.arange(3) * 2 * math.pi / 3 - math.pi / 2]
+    elif kind == "hexagon":
+        pts = [(math.cos(a), math.sin(a)) for a in np.arange(6) * math.pi / 3]
+    elif kind == "star":
+        pts = [((1.0 if i % 2 == 0 else 0.42) * math.cos(a), (1.0 if i % 2 == 0 else 0.42) * math.sin(a))
+               for i, a in enumerate(np.arange(10) * math.pi / 5 - math.pi / 2)]
+    elif kind == "cross":
+        t = 0.33
+        pts = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+    else:
+        raise ValueError(kind)
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
+
+
+def _mask(kind: str, size: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
+    m = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(m)
+    if kind == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        d.polygon(_polygon(kind, cx, cy, r, angle), fill=255)
+    return np.asarray(m) > 0
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    theta = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    t = (np.cos(theta) * xx + np.sin(theta) * yy + 1) / 2
+    img = c0 * (1 - t[..., None]) + c1 * t[..., None]
+    canvas = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(0, 6))):   # clutter: thin lines that are not objects
+        pts = [tuple(rng.uniform(0, size, 2)) for _ in range(2)]
+        d.line(pts, fill=tuple(int(v) for v in rng.uniform(0, 255, 3)), width=int(rng.integers(1, 3)))
+    return np.asarray(canvas).astype(np.float64)
+
+
+def _xml(stem: str, size: int, objects: list[tuple[str, list[int], int]]) -> str:
+    parts = [f"<annotation>\n  <folder>VOC2007</folder>\n  <filename>{stem}.png</filename>\n"
+             f"  <size>\n    <width>{size}</width>\n    <height>{size}</height>\n    <depth>3</depth>\n  </size>\n"]
+    for name, (x1, y1, x2, y2), truncated in objects:
+        parts.append(f"  <object>\n    <name>{name}</name>\n    <truncated>{truncated}</truncated>\n"
+                     f"    <difficult>0</difficult>\n    <bndbox>\n      <xmin>{x1 + 1}</xmin>\n"
+                     f"      <ymin>{y1 + 1}</ymin>\n      <xmax>{x2}</xmax>\n      <ymax>{y2}</ymax>\n"
+                     f"    </bndbox>\n  </object>\n")
+    return "".join(parts) + "</annotation>\n"
+
+
+def _image(rng: np.random.Generator, size: int, empty_prob: float) -> tuple[np.ndarray, list]:
+    img = _background(rng, size)
+    n = 0 if rng.random() < empty_prob else int(rng.integers(1, 7))
+    owner = np.full((size, size), -1)            # which object each pixel shows
+    masks, kinds, truncs = [], [], []
+    for _ in range(n * 4):                       # placement attempts
+        if len(masks) == n:
+            break
+        kind = SHAPES_CLASSES[int(rng.integers(len(SHAPES_CLASSES)))]
+        r = math.exp(rng.uniform(math.log(7), math.log(size * 0.55)))
+        cx, cy = rng.uniform(-0.2 * r, size + 0.2 * r), rng.uniform(-0.2 * r, size + 0.2 * r)
+        m = _mask(kind, size, cx, cy, r, rng.uniform(0, 2 * math.pi))
+        full_area = math.pi * r * r * 0.5        # lower bound of any shape's area at this radius
+        if m.sum() < max(40, 0.5 * full_area):   # mostly outside the image
+            continue
+        covered = [int((m & (owner == j)).sum()) for j in range(len(masks))]
+        if any(c > 0.5 * masks[j].sum() for j, c in enumerate(covered)):   # would hide half an object
+            continue
+        colour = rng.uniform(0, 255, 3)
+        if np.abs(img[m].mean(0) - colour).sum() < 120:                    # too close to what is under it
+            colour = 255 - colour
+        img[m] = colour * rng.uniform(0.85, 1.0)
+        owner[m] = len(masks)
+        masks.append(m)
+        kinds.append(kind)
+        truncs.append(int(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any()))
+    img = img + rng.normal(0, rng.uniform(4, 18), img.shape)
+    objects = []
+    for j, (kind, t) in enumerate(zip(kinds, truncs)):
+        visible = owner == j
+        ys, xs = np.nonzero(visible)
+        objects.append((kind, [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1], t))
+    return img.clip(0, 255).astype(np.uint8), objects
+
+
+def generate_shapes(out_dir: str | Path, seed: int = 0, num_trainval: int = 480, num_test: int = 120,
+                    image_size: int = 256, empty_prob: float = 0.06) -> Path:
+    """Write VOCdevkit/VOC2007 (JPEGImages/*.png, Annotations/*.xml, ImageSets/Main/{trainval,test}.txt,
+    classes.txt) under out_dir and return the VOC2007 folder. Deterministic in every byte."""
+    root = Path(out_dir) / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    stems = [f"{i:06d}" for i in range(1, num_trainval + num_test + 1)]
+    for i, stem in enumerate(stems):
+        rng = np.random.Generator(np.random.PCG64([seed, i]))   # one stream per image
+        img, objects = _image(rng, image_size, empty_prob)
+        Image.fromarray(img).save(root / "JPEGImages" / f"{stem}.png", optimize=False, compress_level=6)
+        (root / "Annotations" / f"{stem}.xml").write_text(_xml(stem, image_size, objects))
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(stems[:num_trainval]) + "\n")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(stems[num_trainval:]) + "\n")
+    (root / "classes.txt").write_text("\n".join(SHAPES_CLASSES) + "\n")
+    return root
