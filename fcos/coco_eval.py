@@ -1,0 +1,68 @@
+"""COCO-style box evaluation with faster-coco-eval (default) or pycocotools: the same 12 stats."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+def _apis(backend: str):
+    if backend == "faster":
+        from faster_coco_eval import COCO, COCOeval_faster
+        return COCO, COCOeval_faster
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+        return COCO, COCOeval
+    raise ValueError(f"unknown COCO evaluation backend {backend!r} (faster or pycocotools)")
+
+
+def load_gt(gt: dict | str | Path, backend: str = "faster"):
+    """A COCO ground-truth object from a dict or a json path."""
+    COCO, _ = _apis(backend)
+    if isinstance(gt, (str, Path)):
+        return COCO(str(gt))
+    coco = COCO()
+    coco.dataset = {k: v for k, v in gt.items() if k in ("images", "annotations", "categories", "info")}
+    coco.createIndex()
+    return coco
+
+
+def coco_evaluate(gt, detections: np.ndarray, backend: str = "faster") -> dict:
+    """detections [N, 7]: image_id, x, y, w, h, score, category_id (COCO results as an array).
+
+    Returns the 12 stats as fractions (None where the ground truth has no such object, COCO's -1),
+    per_class_AP and per_class_AP50 keyed by category name."""
+    COCO, COCOeval = _apis(backend)
+    coco_gt = gt if hasattr(gt, "getCatIds") else load_gt(gt, backend)
+    cat_ids = sorted(coco_gt.getCatIds())
+    names = {c["id"]: c["name"] for c in coco_gt.loadCats(cat_ids)}
+    if len(detections) == 0:
+        zero = {n: 0.0 for n in STAT_NAMES}
+        return {**zero, "per_class_AP": {names[c]: 0.0 for c in cat_ids},
+                "per_class_AP50": {names[c]: 0.0 for c in cat_ids}}
+    coco_dt = coco_gt.loadRes(np.asarray(detections, dtype=np.float64))
+    ev = COCOeval(coco_gt, coco_dt, "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    _quiet(ev.summarize)
+    stats = {n: (float(v) if v >= 0 else None) for n, v in zip(STAT_NAMES, ev.stats[:12])}
+    precision = np.asarray(ev.eval["precision"])  # [T iou, R recall, K class, A area, M max dets]
+    per_ap, per_ap50 = {}, {}
+    for k, c in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        per_ap[names[c]] = float(p[p > -1].mean()) if (p > -1).any() else None
+        p50 = precision[0, :, k, 0, -1]
+        per_ap50[names[c]] = float(p50[p50 > -1].mean()) if (p50 > -1).any() else None
+    return {**stats, "per_class_AP": per_ap, "per_class_AP50": per_ap50}
+
+
+def _quiet(fn) -> None:
+    """pycocotools prints its summary table; the caller prints its own."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        fn()

@@ -1,0 +1,252 @@
+"""The training and evaluation loops: `TrainConfig`, `train_one_epoch`, `evaluate`, `fit`.
+
+The model only has to follow the loss-dict contract (train mode: `model(images, targets)` -> dict of
+scalar losses with "final_loss"; eval mode: `model(images)` -> list of {"boxes", "scores", "labels"}).
+Progress leaves through `fcos.callbacks.Callback`.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed as dist
+from .callbacks import Callback, CallbackList, StopTraining, TrainState
+from .checkpoint import load_checkpoint, save_checkpoint
+from .coco_eval import coco_evaluate
+from .optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    optimizer: str = "sgd"           # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4       # not applied to norm and bias parameters
+    scheduler: str = "cosine"        # cosine | multistep
+    warmup_epochs: float = 1.0       # linear warmup, in epochs (fractions allowed)
+    milestones: tuple[float, ...] = (0.67, 0.89)   # multistep: fractions of training
+    gamma: float = 0.1
+    clip_grad_norm: float = 10.0     # 0: no clipping
+    amp: str = "off"                 # off | fp16 | bf16 (CUDA only; CPU trains in float32)
+    channels_last: bool = False
+    nonfinite: str = "stop"          # stop | skip: what a NaN/inf loss does
+    seed: int = 0
+    eval_every: int = 0              # validate every N epochs (0: never)
+    eval_backend: str = "faster"     # faster | pycocotools
+    extra: dict = field(default_factory=dict)   # free-form, stored in the checkpoint
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_gauss": random.getstate()[2], "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+             "numpy_pos": int(np_state[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _autocast(device: torch.device, amp: str):
+    enabled = device.type == "cuda" and amp in ("fp16", "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16, enabled=enabled)
+
+
+def _to_device(images, targets, device):
+    images = [im.to(device, non_blocking=True) for im in images]
+    if targets is not None:
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+    return images, targets
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, device: torch.device,
+                    cfg: TrainConfig, state: TrainState, callbacks: Callback) -> dict[str, float]:
+    """One pass over `loader`; returns mean losses, seconds, images/s and skipped steps."""
+    model.train()
+    sums: dict[str, float] = {}
+    n_images = skipped = 0
+    data_seconds = 0.0
+    start = last = time.perf_counter()
+    for step, (images, targets) in enumerate(loader):
+        data_seconds += time.perf_counter() - last
+        state.step = step
+        images, targets = _to_device(images, targets, device)
+        with _autocast(device, cfg.amp):
+            losses = model(images, targets)
+        loss = losses["final_loss"]
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(values["final_loss"]):
+            where = f"epoch {state.epoch + 1}, step {step + 1}"
+            if cfg.nonfinite != "skip":
+                raise FloatingPointError(f"loss became {values['final_loss']} at {where} ({values}); "
+                                         "lower train.lr or raise warmup, or set train.nonfinite: skip")
+            skipped += 1
+        else:
+            scaler.scale(loss).backward()
+            if cfg.clip_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+        scheduler.step()
+        n_images += len(images)
+        state.global_step += 1
+        callbacks.on_step_end(state, values, optimizer.param_groups[0]["lr"])
+        last = time.perf_counter()
+    seconds = time.perf_counter() - start
+    done = max(1, state.steps_per_epoch - skipped)
+    summary = {k: v / done for k, v in sums.items()}
+    summary = dist.mean_across_ranks(summary, device)
+    return {**summary, "seconds": seconds, "data_seconds": data_seconds,
+            "images_per_second": n_images * dist.world_size() / max(seconds, 1e-9), "skipped_steps": skipped}
+
+
+@torch.inference_mode()
+def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "off",
+                   progress: Callable[[int, int], None] | None = None):
+    """Detections of every image as a COCO results array [N, 7] (image_id, x, y, w, h, score, label),
+    labels still contiguous, plus timings (model alone vs the whole loop)."""
+    model.eval()
+    rows, model_seconds, n = [], 0.0, 0
+    start = time.perf_counter()
+    for i, (images, targets) in enumerate(loader):
+        images, _ = _to_device(images, None, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with _autocast(device, amp):
+            outputs = model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        model_seconds += time.perf_counter() - t
+        for out, tgt in zip(outputs, targets):
+            b = out["boxes"].float().cpu()
+            xywh = torch.cat((b[:, :2], b[:, 2:] - b[:, :2]), dim=1)
+            ids = torch.full((len(b), 1), float(tgt["image_id"]))
+            rows.append(torch.cat((ids, xywh, out["scores"].float().cpu()[:, None],
+                                   out["labels"].float().cpu()[:, None]), dim=1))
+        n += len(images)
+        if progress:
+            progress(i + 1, len(loader))
+    total = time.perf_counter() - start
+    dets = torch.cat(rows).numpy().astype(np.float64) if rows else np.zeros((0, 7))
+    return dets, {"inference_seconds": total, "model_seconds": model_seconds,
+                  "data_seconds": max(0.0, total - model_seconds), "num_images": n}
+
+
+def evaluate(model: nn.Module, loader, coco_gt, cat_ids: list[int], device: torch.device | str = "cpu",
+             backend: str = "faster", amp: str = "off", progress=None) -> dict:
+    """COCO metrics of `model` on `loader` (the 12 stats, per-class AP/AP50) with timings kept apart:
+    inference_seconds (whole loop), model_seconds, data_seconds, metric_seconds, ms_per_image."""
+    device = torch.device(device)
+    dets, timing = predict_loader(model, loader, device, amp, progress)
+    if dist.is_distributed():   # every rank saw its shard; rank 0 scores them all
+        gathered = [None] * dist.world_size()
+        torch.distributed.all_gather_object(gathered, dets)
+        dets = np.concatenate(gathered)
+    if len(dets):
+        dets[:, 6] = np.asarray(cat_ids)[dets[:, 6].astype(np.int64)]
+    t = time.perf_counter()
+    metrics = coco_evaluate(coco_gt, dets, backend)
+    metric_seconds = time.perf_counter() - t
+    n = max(1, timing["num_images"])
+    return {**metrics, **timing, "metric_seconds": metric_seconds, "ms_per_image": 1000 * timing["model_seconds"] / n,
+            "detections": dets}
+
+
+def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: str | Path,
+        classes: list[str], callbacks: list[Callback] = (), val_loader=None, val_gt=None,
+        val_cat_ids: list[int] | None = None, resume: bool = False, device: str | torch.device = "cpu") -> dict:
+    """Train for cfg.epochs, checkpointing every epoch (atomic) and resuming exactly from the last one.
+
+    Returns {"epochs", "steps", "train_seconds", "history": [per-epoch summaries], "stopped_early"}."""
+    device = torch.device(device)
+    main = dist.is_main_process()
+    cbs = CallbackList(callbacks if main else [])
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_model = model
+    if dist.is_distributed():
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    steps = len(train_loader)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.epochs * steps, round(cfg.warmup_epochs * steps), cfg.scheduler,
+                                cfg.milestones, cfg.gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp == "fp16")
+    state = TrainState(epochs=cfg.epochs, steps_per_epoch=steps)
+    history: list[dict] = []
+    checkpoint_path = Path(checkpoint_path)
+    if resume and checkpoint_path.is_file():
+        ckpt = load_checkpoint(checkpoint_path, device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        if getattr(train_loader, "generator", None) is not None and "loader_rng" in ckpt:
+            train_loader.generator.set_state(ckpt["loader_rng"])
+        state.epoch, state.global_step, history = ckpt["epoch"], ckpt["global_step"], list(ckpt["history"])
+    else:
+        seed_everything(cfg.seed)
+    start_epoch, error, stopped = state.epoch, None, False
+    start = time.perf_counter()
+    cbs.on_train_start(state)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            state.epoch = epoch
+            if hasattr(train_loader.sampler, "set_epoch"):
+                train_loader.sampler.set_epoch(epoch)
+            summary = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler, device, cfg, state, cbs)
+            summary["epoch"] = epoch + 1
+            metrics = None
+            if cfg.eval_every and val_loader is not None and (epoch + 1) % cfg.eval_every == 0:
+                metrics = evaluate(model, val_loader, val_gt, val_cat_ids, device, cfg.eval_backend, cfg.amp)
+                summary.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            history.append(summary)
+            if main:
+                save_checkpoint(checkpoint_path, {
+                    "model": model.state_dict(), "model_config": model.config.to_dict(), "classes": list(classes),
+                    "epoch": epoch + 1, "global_step": state.global_step, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "rng": _rng_state(), "loader_rng": train_loader.generator.get_state()
+                    if getattr(train_loader, "generator", None) is not None else None,
+                    "train_config": asdict(cfg), "history": history})
+            if metrics is not None:
+                cbs.on_eval_end(state, {k: v for k, v in metrics.items() if k != "detections"})
+            cbs.on_epoch_end(state, summary)
+    except StopTraining:
+        stopped = True
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        cbs.on_train_end(state, error)
+    return {"epochs": len(history), "steps": state.global_step, "history": history, "stopped_early": stopped,
+            "train_seconds": time.perf_counter() - start}
