@@ -1,5 +1,5 @@
 """Datasets (VOC, COCO, the embedded shapes generator), image loading, checks and loaders."""
-from .coco import CocoDataset, read_coco, write_coco_gt
+from .coco import CocoDataset, read_coco, write_coco, write_coco_gt
 from .dataset import DetectionDataset, Record, hflip
 from .errors import DataError, DataReport
 from .images import load_image, to_tensor
@@ -9,4 +9,4 @@ from .voc import VOC_CLASSES, VOCDataset, read_voc
 
 __all__ = ["CocoDataset", "DataError", "DataReport", "DetectionDataset", "Record", "SHAPES_CLASSES",
            "VOC_CLASSES", "VOCDataset", "build_loader", "collate", "generate_shapes", "hflip", "load_image",
-           "read_coco", "read_voc", "to_tensor", "write_coco_gt"]
+           "read_coco", "read_voc", "to_tensor", "write_coco", "write_coco_gt"]

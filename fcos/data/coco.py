@@ -137,16 +137,21 @@ def coco_dict(records: list[Record], classes: list[str], cat_ids: list[int], ima
             "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, classes)]}
 
 
-def write_coco_gt(dataset: DetectionDataset, path: str | Path, difficult_as_crowd: bool = False) -> Path:
-    """Write the dataset's ground truth as COCO json (temp file + rename). Image paths are stored relative
-    to an "image_root" entry, itself relative to the json, so the pair can move together."""
+def write_coco(path: str | Path, records: list[Record], classes: list[str], cat_ids: list[int],
+               difficult_as_crowd: bool = False) -> Path:
+    """Write records as COCO json (temp file + rename). Image paths are stored relative to an "image_root"
+    entry, itself relative to the json, so the pair can move together."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(os.path.commonpath([str(r.file.parent) for r in dataset.records])) if dataset.records \
-        else path.parent
-    data = coco_dict(dataset.records, dataset.classes, dataset.cat_ids, root, difficult_as_crowd)
+    root = Path(os.path.commonpath([str(r.file.parent) for r in records])) if records else path.parent.resolve()
+    data = coco_dict(records, classes, cat_ids, root, difficult_as_crowd)
     data["image_root"] = os.path.relpath(root, path.parent.resolve())
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
     return path
+
+
+def write_coco_gt(dataset: DetectionDataset, path: str | Path, difficult_as_crowd: bool = False) -> Path:
+    """A dataset's ground truth as COCO json, for evaluation through the one COCO path."""
+    return write_coco(path, dataset.records, dataset.classes, dataset.cat_ids, difficult_as_crowd)

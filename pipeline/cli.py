@@ -1,0 +1,104 @@
+"""`fcos-exp`: the command line (typer + rich). Heavy imports happen inside the commands, so --help is instant."""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="FCOS object detection experiments: prepare -> train -> evaluate -> visualize, "
+                       "tracked in MLflow, tuned with Optuna.")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
+
+
+@contextmanager
+def _user_errors():
+    """Expected failures become one line on stderr and a non-zero exit; FCOS_EXP_DEBUG=1 shows tracebacks."""
+    import yaml
+
+    from fcos.data import DataError   # light: no torch model is built by importing it
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the last checkpoint is kept; `fcos-exp train --resume` continues", err=True)
+        raise typer.Exit(130)
+    except (UserError, DataError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+            FloatingPointError, ValueError, yaml.YAMLError) as e:
+        if os.environ.get("FCOS_EXP_DEBUG"):
+            raise
+        message = str(e) or type(e).__name__
+        if isinstance(e, OSError) and e.filename:
+            message = f"{e.filename}: {e.strerror}"
+        for line in message.splitlines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(getattr(e, "code", 2) if isinstance(e, UserError) else 2)
+
+
+def _setup(params_path: Path):
+    from .params import load_params
+    from .progress import stderr_console
+    return load_params(params_path), stderr_console()
+
+
+@app.command()
+def prepare(params: ParamsOpt = Path("params.yaml")):
+    """Generate or read the dataset, check the annotations, write COCO json per split (data/prepared/)."""
+    with _user_errors():
+        p, console = _setup(params)
+        from .stages import prepare as stage
+        stage.run(p, console)
+
+
+@app.command()
+def train(params: ParamsOpt = Path("params.yaml"),
+          resume: Annotated[bool, typer.Option(help="Continue from models/model.pt.")] = False):
+    """Train the detector (models/model.pt, metrics/train.json, plots/train_steps.csv). DDP under torchrun."""
+    with _user_errors():
+        p, console = _setup(params)
+        from .stages import train as stage
+        stage.run(p, console, resume=resume)
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml")):
+    """COCO mAP of the trained model on the test split (metrics/eval.json)."""
+    with _user_errors():
+        p, console = _setup(params)
+        from .stages import evaluate as stage
+        stage.run(p, console)
+
+
+@app.command()
+def visualize(params: ParamsOpt = Path("params.yaml")):
+    """Training curves, per-class AP and detection images (plots/)."""
+    with _user_errors():
+        p, console = _setup(params)
+        from .stages import visualize as stage
+        stage.run(p, console)
+
+
+@app.command()
+def predict(inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+            out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("outputs/predict"),
+            score_thresh: Annotated[Optional[float], typer.Option(help="Minimum score drawn and written.")] = None,
+            params: ParamsOpt = Path("params.yaml")):
+    """Detect objects in images: annotated PNGs and detections.json in --out."""
+    with _user_errors():
+        p, console = _setup(params)
+        from .stages import predict as stage
+        stage.run(p, console, inputs, out, score_thresh)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

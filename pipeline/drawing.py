@@ -1,0 +1,97 @@
+"""Pictures a person looks at: detections drawn on images, training curves, per-class AP."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+           (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+           (0, 0, 128), (128, 128, 128)]
+
+
+def draw_boxes(image: Image.Image, boxes, labels, classes: list[str], scores=None) -> Image.Image:
+    """A copy of image with each box outlined in its class colour and labelled 'class score'."""
+    img = image.convert("RGB").copy()
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    width = max(2, round(max(img.size) / 250))
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).tolist(), np.asarray(labels).tolist())):
+        colour = PALETTE[int(label) % len(PALETTE)]
+        d.rectangle(box, outline=colour, width=width)
+        text = classes[int(label)] + ("" if scores is None else f" {float(scores[i]):.2f}")
+        x, y = box[0], max(0, box[1] - 12)
+        tb = d.textbbox((x, y), text, font=font)
+        d.rectangle(tb, fill=colour)
+        d.text((x, y), text, fill=(0, 0, 0), font=font)
+    return img
+
+
+def side_by_side(left: Image.Image, right: Image.Image, titles=("ground truth", "predictions")) -> Image.Image:
+    w, h = left.size
+    out = Image.new("RGB", (2 * w + 10, h + 18), (255, 255, 255))
+    out.paste(left, (0, 18))
+    out.paste(right, (w + 10, 18))
+    d = ImageDraw.Draw(out)
+    d.text((4, 3), titles[0], fill=(0, 0, 0))
+    d.text((w + 14, 3), titles[1], fill=(0, 0, 0))
+    return out
+
+
+def read_steps(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def training_curves(steps: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
+    """final_loss.png, losses.png (each loss), lr.png; smoothed lines over the raw per-step values."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x = steps["step"]
+    written = []
+    for name, keys in (("final_loss", ["final_loss"]), ("losses", ["cls_loss", "reg_loss", "ctr_loss"]), ("lr", ["lr"])):
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        for k in keys:
+            y = steps[k]
+            line, = ax.plot(x, y, alpha=0.3 if len(y) > 20 else 1.0, label=None if len(y) > 20 else k)
+            if len(y) > 20:
+                win = max(5, len(y) // 30)
+                smooth = np.convolve(y, np.ones(win) / win, mode="valid")
+                ax.plot(x[win - 1:], smooth, color=line.get_color(), label=k)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def per_class_bars(per_class: dict[str, float | None], out: Path, title: str = "AP50 per class") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_class)
+    vals = [per_class[n] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(5, 0.4 * len(names) + 2), 3.5), dpi=100)
+    ax.bar(names, vals, color="#3b7dd8")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

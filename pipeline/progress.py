@@ -1,0 +1,86 @@
+"""Rich progress for training (loss, images/s) and a per-epoch results line; logs go to stderr."""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fcos.callbacks import Callback
+
+LOSSES = ("final_loss", "cls_loss", "reg_loss", "ctr_loss")
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True)   # rich honours NO_COLOR and plain output when not a terminal
+
+
+def bar(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
+class ProgressCallback(Callback):
+    """A bar per epoch with the running loss and images/s; one results line per epoch."""
+
+    def __init__(self, console: Console, batch_size: int):
+        self.console, self.batch_size = console, batch_size
+        self.progress, self.task, self.t0 = None, None, 0.0
+
+    def on_train_start(self, state):
+        self.progress = bar(self.console)
+        self.progress.start()
+
+    def _new_task(self, state):
+        self.t0 = time.perf_counter()
+        self.task = self.progress.add_task(f"epoch {state.epoch + 1}/{state.epochs}",
+                                           total=state.steps_per_epoch, info="")
+
+    def on_step_end(self, state, losses, lr):
+        if self.task is None or state.step == 0:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self._new_task(state)
+        ips = (state.step + 1) * self.batch_size / max(1e-9, time.perf_counter() - self.t0)
+        self.progress.update(self.task, completed=state.step + 1,
+                             info=f"loss {losses['final_loss']:.3f} lr {lr:.2e} {ips:.1f} img/s")
+
+    def on_epoch_end(self, state, summary):
+        losses = "  ".join(f"{k} {summary[k]:.4f}" for k in LOSSES if k in summary)
+        val = f"  val AP50 {summary['val_AP50']:.3f}" if summary.get("val_AP50") is not None else ""
+        self.console.print(f"epoch {state.epoch + 1:>3}/{state.epochs}  {losses}{val}  "
+                           f"{summary['images_per_second']:.1f} img/s  {summary['seconds']:.0f} s")
+
+    def on_train_end(self, state, error):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class StepLog(Callback):
+    """plots/train_steps.csv for `dvc plots`: step, epoch, lr and every loss; on resume the rows past the
+    checkpoint are dropped so the file matches a run never stopped."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if resume_step and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self.file = open(self.path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, ["step", "epoch", "lr", *LOSSES])
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+
+    def on_step_end(self, state, losses, lr):
+        self.writer.writerow({"step": state.global_step, "epoch": state.epoch + 1, "lr": f"{lr:.6g}",
+                              **{k: f"{losses[k]:.6g}" for k in LOSSES}})
+
+    def on_epoch_end(self, state, summary):
+        self.file.flush()
+
+    def on_train_end(self, state, error):
+        self.file.close()

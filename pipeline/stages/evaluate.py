@@ -1,0 +1,76 @@
+"""Stage evaluate: COCO metrics of models/model.pt on the test split -> metrics/eval.json, plots/per_class_ap.csv."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import UserError
+from ..params import device_of
+from ..progress import bar
+from ..tracking import Tracker
+from .prepare import PREPARED
+from .train import MODEL, _dataset, write_json
+
+EVAL_METRICS = Path("metrics/eval.json")
+PER_CLASS_CSV = Path("plots/per_class_ap.csv")
+STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+def load_trained(device):
+    from fcos.checkpoint import load_model
+    if not MODEL.is_file():
+        raise UserError(f"{MODEL}: not found; run `fcos-exp train` (or `dvc repro`) first")
+    return load_model(MODEL, device)
+
+
+def map_table(metrics: dict, title: str = "COCO bbox metrics (test split)") -> Table:
+    table = Table(title=title)
+    for name in STATS:
+        table.add_column(name, justify="right")
+    table.add_row(*("-" if metrics[n] is None else f"{metrics[n]:.3f}" for n in STATS))
+    return table
+
+
+def run(params: dict, console) -> dict:
+    from fcos.data import build_loader
+    from fcos.engine import evaluate
+
+    device = device_of(params)
+    model, classes = load_trained(device)
+    test_ds = _dataset("test")
+    if test_ds.classes != classes:
+        raise UserError(f"{MODEL}: trained on classes {classes}, but the test split has {test_ds.classes}")
+    loader = build_loader(test_ds, params["eval"]["batch_size"], num_workers=params["data"]["num_workers"])
+    with bar(console) as progress:
+        task = progress.add_task("evaluate", total=len(loader), info="")
+        m = evaluate(model, loader, PREPARED / "test.json", test_ds.cat_ids, device, params["eval"]["backend"],
+                     params["train"]["amp"], progress=lambda done, total: progress.update(task, completed=done))
+    result = {**{k: m[k] for k in STATS}, "per_class_AP50": m["per_class_AP50"], "per_class_AP": m["per_class_AP"],
+              "inference_seconds": m["inference_seconds"], "model_seconds": m["model_seconds"],
+              "data_seconds": m["data_seconds"], "metric_seconds": m["metric_seconds"],
+              "ms_per_image": m["ms_per_image"], "num_images": m["num_images"]}
+    write_json(EVAL_METRICS, result)
+    PER_CLASS_CSV.parent.mkdir(parents=True, exist_ok=True)
+    with open(PER_CLASS_CSV, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "AP50", "AP"])
+        for c in classes:
+            w.writerow([c, _fmt(m["per_class_AP50"].get(c)), _fmt(m["per_class_AP"].get(c))])
+    with Tracker(params, new_run=False) as tracker:
+        tracker.log_metrics({f"test/{k}": v for k, v in result.items() if isinstance(v, float)})
+        tracker.log_metrics({f"test/AP50/{c}": v for c, v in m["per_class_AP50"].items() if v is not None})
+        tracker.log_table({"class": classes, "AP50": [m["per_class_AP50"].get(c) for c in classes],
+                           "AP": [m["per_class_AP"].get(c) for c in classes]}, "eval/per_class_ap.json")
+        tracker.log_table({"metric": STATS, "value": [m[k] for k in STATS]}, "eval/map_table.json")
+        tracker.log_artifact(EVAL_METRICS, "metrics")
+    Console().print(map_table(result))   # data on stdout, logs on stderr
+    console.print(f"{m['num_images']} images: {m['inference_seconds']:.1f} s inference "
+                  f"({m['ms_per_image']:.1f} ms/image for the model), {m['metric_seconds']:.2f} s COCO eval")
+    return result
+
+
+def _fmt(v):
+    return "" if v is None else f"{v:.4f}"

@@ -1,0 +1,61 @@
+"""Stage prepare: generate or read the dataset, check the annotations, write COCO json per split."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+PREPARED = Path("data/prepared")
+
+
+def _records(params: dict, report):
+    """(train records, test records, classes, cat_ids) for the configured format."""
+    from fcos.data import generate_shapes, read_coco, read_voc
+    d = params["data"]
+    if d["format"] == "coco":
+        c = d["coco"]
+        missing = [k for k in ("train_ann", "test_ann") if not c[k]]
+        if missing:
+            from ..errors import UserError
+            raise UserError(f"params: data.coco.{missing[0]} must name a COCO instances json for format coco")
+        train, classes, cat_ids = read_coco(c["train_ann"], c["train_images"], report, check_images=True)
+        test, test_classes, _ = read_coco(c["test_ann"], c["test_images"], report, check_images=True)
+        if test_classes != classes:
+            from ..errors import UserError
+            raise UserError(f"{c['test_ann']}: categories differ from {c['train_ann']}")
+        return train, test, classes, cat_ids
+    if d["format"] == "shapes":
+        s = d["shapes"]
+        root = generate_shapes(PREPARED / "shapes", seed=s["seed"], num_trainval=s["num_trainval"],
+                               num_test=s["num_test"], image_size=s["image_size"])
+    else:
+        root = Path(d["root"])
+    train, classes = read_voc(root, d["train_split"], d["classes"], report, check_images=True)
+    test, _ = read_voc(root, d["test_split"], classes, report, check_images=True)
+    return train, test, classes, list(range(1, len(classes) + 1))
+
+
+def run(params: dict, console) -> dict:
+    """Writes data/prepared/{train,val,test}.json and summary.json; returns the summary."""
+    from fcos.data import DataReport, write_coco
+    PREPARED.mkdir(parents=True, exist_ok=True)
+    report = DataReport(strict=params["data"]["strict"])
+    train, test, classes, cat_ids = _records(params, report)
+    rng = np.random.default_rng(params["train"]["seed"])
+    order = rng.permutation(len(train))
+    n_val = int(round(params["data"]["val_fraction"] * len(train)))
+    val = [train[i] for i in sorted(order[:n_val])]
+    train = [train[i] for i in sorted(order[n_val:])]
+    ignore_difficult = not params["data"]["eval_difficult"]
+    write_coco(PREPARED / "train.json", train, classes, cat_ids, False)
+    write_coco(PREPARED / "val.json", val, classes, cat_ids, ignore_difficult)
+    write_coco(PREPARED / "test.json", test, classes, cat_ids, ignore_difficult)
+    summary = {"format": params["data"]["format"], "classes": classes,
+               "images": {"train": len(train), "val": len(val), "test": len(test)},
+               "boxes": {k: int(sum(len(r.boxes) for r in v)) for k, v in (("train", train), ("val", val), ("test", test))},
+               "problems": dict(report.counts), "problem_lines": report.lines[:1000]}
+    (PREPARED / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"[bold]prepared[/] {summary['images']} images, {summary['boxes']} boxes, "
+                  f"{len(classes)} classes; {report.summary()}")
+    return summary

@@ -1,0 +1,74 @@
+"""Stage visualize: training curves, per-class AP and detection images (ground truth beside predictions)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from ..drawing import draw_boxes, per_class_bars, read_steps, side_by_side, training_curves
+from ..params import device_of
+from ..tracking import Tracker, tracking_uri
+from .evaluate import EVAL_METRICS, load_trained
+from .train import STEPS_CSV, _dataset
+
+FIGURES = Path("plots/figures")
+DETECTIONS = Path("plots/detections")
+
+
+def pick_images(records, n: int) -> list[int]:
+    """Indices of test images: half with a single object, the rest with the most objects."""
+    singles = [i for i, r in enumerate(records) if len(r.boxes) == 1]
+    crowded = sorted(range(len(records)), key=lambda i: (-len(records[i].boxes), i))
+    chosen = singles[: n // 2]
+    chosen += [i for i in crowded if i not in chosen][: n - len(chosen)]
+    return chosen
+
+
+def mosaic(images: list[Image.Image], cols: int = 2) -> Image.Image:
+    w = max(im.width for im in images)
+    h = max(im.height for im in images)
+    rows = -(-len(images) // cols)
+    out = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
+    for k, im in enumerate(images):
+        out.paste(im, ((k % cols) * w, (k // cols) * h))
+    return out
+
+
+def run(params: dict, console) -> dict:
+    import torch
+
+    from fcos.data import load_image
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    DETECTIONS.mkdir(parents=True, exist_ok=True)
+    figures = training_curves(read_steps(STEPS_CSV), FIGURES) if STEPS_CSV.is_file() else []
+    if EVAL_METRICS.is_file():
+        figures.append(per_class_bars(json.loads(EVAL_METRICS.read_text())["per_class_AP50"],
+                                      FIGURES / "per_class_ap50.png"))
+    device = device_of(params)
+    model, classes = load_trained(device)
+    test_ds = _dataset("test")
+    thresh = params["visualize"]["score_thresh"]
+    panels = []
+    for i in pick_images(test_ds.records, params["visualize"]["num_images"]):
+        r = test_ds.records[i]
+        image = load_image(r.file)
+        with torch.inference_mode():
+            det = model([test_ds[i][0].to(device)])[0]
+        keep = det["scores"] >= thresh
+        gt = draw_boxes(image, r.boxes, r.labels, classes)
+        pred = draw_boxes(image, det["boxes"][keep].cpu(), det["labels"][keep].cpu(), classes, det["scores"][keep].cpu())
+        panel = side_by_side(gt, pred)
+        panel.save(DETECTIONS / f"{r.file.stem}.png")
+        panels.append(panel)
+    if panels:
+        mosaic(panels).save(DETECTIONS / "mosaic.png")
+    with Tracker(params, new_run=False) as tracker:
+        tracker.log_artifact(FIGURES, "figures")
+        tracker.log_artifact(DETECTIONS, "detections")
+        run_id = tracker.run_id
+    console.print(f"figures: {FIGURES}/  detections: {DETECTIONS}/ (start with {DETECTIONS / 'mosaic.png'})")
+    if run_id:
+        console.print(f"MLflow run {run_id} in {tracking_uri()}: `mlflow ui --backend-store-uri {tracking_uri()}`")
+    return {"figures": [str(f) for f in figures], "detections": len(panels)}
