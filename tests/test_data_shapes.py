@@ -1,0 +1,61 @@
+"""The embedded dataset: byte-identical from a seed, and a real detection problem (measured here)."""
+import hashlib
+
+import numpy as np
+import torch
+
+from fcos import FCOSConfig
+from fcos.data import SHAPES_CLASSES, VOCDataset, generate_shapes
+from fcos.loss import FCOSLoss
+from fcos.points import make_points
+from fcos.targets import assign_targets, pad_targets
+
+
+def digest(folder):
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    a = generate_shapes(tmp_path / "a", seed=7, num_trainval=12, num_test=4)
+    b = generate_shapes(tmp_path / "b", seed=7, num_trainval=12, num_test=4)
+    c = generate_shapes(tmp_path / "c", seed=8, num_trainval=12, num_test=4)
+    assert digest(a) == digest(b) != digest(c)
+
+
+def test_properties_of_a_real_detection_problem(tmp_path):
+    root = generate_shapes(tmp_path, seed=0, num_trainval=100, num_test=20, image_size=256)
+    ds = VOCDataset(root, "trainval")
+    assert ds.classes == SHAPES_CLASSES and len(SHAPES_CLASSES) >= 6
+    counts = np.array([len(r.boxes) for r in ds.records])
+    labels = np.concatenate([r.labels for r in ds.records])
+    assert (counts == 0).sum() >= 2                      # images with no object
+    assert (counts >= 3).mean() > 0.3                    # several objects per image
+    assert set(labels.tolist()) == set(range(len(SHAPES_CLASSES)))
+    sides = np.concatenate([np.maximum(r.boxes[:, 2] - r.boxes[:, 0], r.boxes[:, 3] - r.boxes[:, 1]) for r in ds.records])
+    assert sides.min() < 20 and sides.max() > 200        # several scales
+    boxes = np.concatenate([r.boxes for r in ds.records])
+    cut = (boxes[:, 0] <= 0) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= 256) | (boxes[:, 3] >= 256)
+    assert cut.sum() >= 10                               # objects cut by the border
+    overlaps = 0
+    for r in ds.records:                                 # overlapping (occluding) pairs
+        b = torch.from_numpy(r.boxes)
+        if len(b) > 1:
+            from torchvision.ops import box_iou
+            iou = box_iou(b, b)
+            overlaps += int(((iou > 0.05) & (iou < 1)).sum()) // 2
+    assert overlaps >= 10
+
+    # Positives per FPN level under the real assignment rule at the native size.
+    cfg = FCOSConfig(num_classes=6)
+    sizes = [(256 // s, 256 // s) for s in cfg.strides]
+    points, strides, levels = make_points(sizes, cfg.strides, torch.device("cpu"))
+    crit = FCOSLoss(cfg)
+    targets = [{"boxes": torch.from_numpy(r.boxes), "labels": torch.from_numpy(r.labels)} for r in ds.records]
+    boxes_t, _, valid = pad_targets(targets, torch.device("cpu"))
+    matched, _ = assign_targets(points, strides, crit.lo[levels], crit.hi[levels], boxes_t, valid, 1.5)
+    per_level = torch.bincount(levels.expand_as(matched)[matched >= 0], minlength=5)
+    assert (per_level[:3] > 0).all(), per_level           # P3, P4 and P5 all receive positives
