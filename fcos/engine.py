@@ -145,16 +145,16 @@ def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "o
             torch.cuda.synchronize()
         model_seconds += time.perf_counter() - t
         for out, tgt in zip(outputs, targets):
-            b = out["boxes"].float().cpu()
+            b = out["boxes"].double().cpu()   # float64: image ids such as 2007000027 exceed float32
             xywh = torch.cat((b[:, :2], b[:, 2:] - b[:, :2]), dim=1)
-            ids = torch.full((len(b), 1), float(tgt["image_id"]))
-            rows.append(torch.cat((ids, xywh, out["scores"].float().cpu()[:, None],
-                                   out["labels"].float().cpu()[:, None]), dim=1))
+            ids = torch.full((len(b), 1), float(tgt["image_id"]), dtype=torch.float64)
+            rows.append(torch.cat((ids, xywh, out["scores"].double().cpu()[:, None],
+                                   out["labels"].double().cpu()[:, None]), dim=1))
         n += len(images)
         if progress:
             progress(i + 1, len(loader))
     total = time.perf_counter() - start
-    dets = torch.cat(rows).numpy().astype(np.float64) if rows else np.zeros((0, 7))
+    dets = torch.cat(rows).numpy() if rows else np.zeros((0, 7))
     return dets, {"inference_seconds": total, "model_seconds": model_seconds,
                   "data_seconds": max(0.0, total - model_seconds), "num_images": n}
 
