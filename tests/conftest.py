@@ -11,7 +11,7 @@ VOC_SAMPLE = ROOT.parent / "shared" / "data" / "voc2007-sample" / "VOCdevkit" / 
 
 # No telemetry and no network from the tracking tools in tests.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
@@ -29,3 +29,53 @@ def _seed_torch():
 
     torch.manual_seed(0)
     yield
+
+
+def tiny_params(**overrides) -> dict:
+    """The real params.yaml shrunk to a seconds-long run; overrides: {"train": {"epochs": 2}, ...}."""
+    import copy
+
+    import yaml
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["data"]["shapes"].update(num_trainval=14, num_test=4, image_size=96)
+    p["data"]["val_fraction"] = 0.15
+    p["model"].update(fpn_channels=16, gn_groups=8, head_convs=1, min_size=64, max_size=96)
+    p["train"].update(epochs=1, batch_size=4, warmup_epochs=0.5)
+    p["eval"]["batch_size"] = 4
+    p["visualize"]["num_images"] = 2
+    p["tracking"]["experiment"] = "tests"
+    p = copy.deepcopy(p)
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            p.setdefault(section, {}).update(values)
+        else:
+            p[section] = values
+    return p
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory) -> str:
+    """One sqlite MLflow store for the session (its first migration costs seconds)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, tracking_uri):
+    """A working directory holding a tiny params.yaml; commands run there as a user would."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    return tmp_path
+
+
+def run_cli(*args: str):
+    """Invoke `fcos-exp ARGS` in-process; returns typer's Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    return CliRunner().invoke(app, list(args))

@@ -1,0 +1,68 @@
+"""Each stage end to end through the real CLI on the tiny config, with a real MLflow sqlite store."""
+import json
+
+import mlflow
+import pytest
+from conftest import run_cli
+
+STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+def test_help_lists_the_commands():
+    r = run_cli("--help")
+    assert r.exit_code == 0
+    for cmd in ("prepare", "train", "evaluate", "visualize", "predict"):
+        assert cmd in r.stdout
+
+
+@pytest.mark.slow
+def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
+    for stage in ("prepare", "train", "evaluate", "visualize"):
+        r = run_cli(stage)
+        assert r.exit_code == 0, (stage, r.stdout, r.stderr)
+    summary = json.loads((project / "data/prepared/summary.json").read_text())
+    assert summary["images"] == {"train": 12, "val": 2, "test": 4} and len(summary["classes"]) == 6
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    assert set(STATS) <= set(ev) and ev["num_images"] == 4 and ev["inference_seconds"] > 0
+    assert all(v is None or 0 <= v <= 1 for k, v in ev.items() if k in STATS)
+    assert set(ev["per_class_AP50"]) == set(summary["classes"])
+    tr = json.loads((project / "metrics/train.json").read_text())
+    assert tr["epochs"] == 1 and tr["steps"] == 3 and tr["train_seconds"] > 0
+    assert (project / "plots/train_steps.csv").read_text().count("\n") == 4
+    for f in ("final_loss.png", "losses.png", "lr.png", "per_class_ap50.png"):
+        assert (project / "plots/figures" / f).stat().st_size > 1000
+    assert len(list((project / "plots/detections").glob("*.png"))) == 3     # 2 images + the mosaic
+
+    run_id = json.loads((project / "models/mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.002" and run.data.params["model.backbone"] == "resnet18"
+    assert {"git_commit", "dataset_hash", "seed"} <= set(run.data.tags)
+    assert run.data.metrics["test/AP50"] == pytest.approx(ev["AP50"])
+    assert len(client.get_metric_history(run_id, "train/final_loss")) == 3
+    assert len(client.get_metric_history(run_id, "train/lr")) == 3
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"model", "metrics", "figures", "detections", "eval"} <= artifacts
+    assert "model/model.pt" in {a.path for a in client.list_artifacts(run_id, "model")}
+
+    out = project / "pred"
+    r = run_cli("predict", str(project / "data/prepared/shapes/VOCdevkit/VOC2007/JPEGImages"), "--out", str(out),
+                "--score-thresh", "0.0")
+    assert r.exit_code == 0, r.stderr
+    dets = json.loads((out / "detections.json").read_text())
+    assert len(dets) == 18 and len(list(out.glob("*.png"))) == 18
+    assert all({"box", "score", "label"} <= set(d) for item in dets for d in item["detections"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--params", "nope.yaml"], "nope.yaml: params file not found"),
+    (["evaluate"], "models/model.pt: not found"),
+    (["train"], "data/prepared/train.json: not found"),
+    (["predict", "missing_dir"], "missing_dir: no such file or folder"),
+])
+def test_bad_input_is_one_line_and_non_zero(project, args, message):
+    r = run_cli(*args)
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
