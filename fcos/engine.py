@@ -36,7 +36,7 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.67, 0.89)   # multistep: fractions of training
     gamma: float = 0.1
     clip_grad_norm: float = 10.0     # 0: no clipping
-    amp: str = "off"                 # off | fp16 | bf16 (CUDA only; CPU trains in float32)
+    amp: str = "none"                # none | fp16 | bf16 (CUDA only; CPU trains in float32)
     channels_last: bool = False
     nonfinite: str = "stop"          # stop | skip: what a NaN/inf loss does
     seed: int = 0
@@ -127,7 +127,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
 
 
 @torch.inference_mode()
-def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "off",
+def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "none",
                    progress: Callable[[int, int], None] | None = None):
     """Detections of every image as a COCO results array [N, 7] (image_id, x, y, w, h, score, label),
     labels still contiguous, plus timings (model alone vs the whole loop)."""
@@ -160,7 +160,7 @@ def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "o
 
 
 def evaluate(model: nn.Module, loader, coco_gt, cat_ids: list[int], device: torch.device | str = "cpu",
-             backend: str = "faster", amp: str = "off", progress=None) -> dict:
+             backend: str = "faster", amp: str = "none", progress=None) -> dict:
     """COCO metrics of `model` on `loader` (the 12 stats, per-class AP/AP50) with timings kept apart:
     inference_seconds (whole loop), model_seconds, data_seconds, metric_seconds, ms_per_image."""
     device = torch.device(device)

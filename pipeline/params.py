@@ -70,7 +70,7 @@ SCHEMA: dict[str, Any] = {
         "optimizer": _choice("sgd", "adamw"), "lr": _num(0, 10, lo_open=True), "momentum": _num(0, 1),
         "weight_decay": _num(0, 1), "scheduler": _choice("cosine", "multistep"), "warmup_epochs": _num(0),
         "milestones": _type(list), "gamma": _num(0, 1, lo_open=True), "clip_grad_norm": _num(0),
-        "amp": _choice("off", "fp16", "bf16"), "channels_last": _type(bool), "nonfinite": _choice("stop", "skip"),
+        "amp": _choice("none", "fp16", "bf16"), "channels_last": _type(bool), "nonfinite": _choice("stop", "skip"),
         "seed": _num(0, integer=True), "eval_every": _num(0, integer=True), "device": _type(str),
     },
     "eval": {"batch_size": _num(1, 4096, integer=True), "backend": _choice("faster", "pycocotools")},

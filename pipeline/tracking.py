@@ -15,7 +15,10 @@ RUN_FILE = Path("models/mlflow_run.json")
 
 
 def project_root() -> Path:
-    """The repository root, also from inside DVC's temporary experiment copies (<root>/.dvc/tmp/exps/...)."""
+    """The repository root, also from inside DVC's temporary experiment copies (<root>/.dvc/tmp/exps/...):
+    DVC passes the parent repo as DVC_ROOT to the stages it runs."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
     cwd = Path.cwd().resolve()
     parts = cwd.parts
     for i in range(len(parts) - 2):

@@ -38,11 +38,12 @@ def run(params: dict, console, resume: bool = False) -> dict:
     from fcos import distributed as dist
     from fcos.checkpoint import load_checkpoint
     from fcos.data import build_loader
-    from fcos.engine import fit
+    from fcos.engine import fit, seed_everything
 
     device = dist.init_distributed() if "RANK" in os.environ else device_of(params)
     d, t = params["data"], params["train"]
     train_ds = _dataset("train", train=True, use_difficult=d["train_difficult"])
+    seed_everything(t["seed"])   # the initial weights too come from the seed
     model = FCOS.from_config(model_config(params, len(train_ds.classes)))
     loader = build_loader(train_ds, t["batch_size"], shuffle=True, num_workers=d["num_workers"], seed=t["seed"],
                           distributed=dist.is_distributed())

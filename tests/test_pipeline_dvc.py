@@ -1,0 +1,99 @@
+"""The whole DVC pipeline in a temporary git repository: files, plots, MLflow run, no-op rerun, determinism."""
+import json
+import os
+import shutil
+import subprocess
+
+import mlflow
+import pytest
+import yaml
+from conftest import ROOT, tiny_params
+
+TIMINGS = {"inference_seconds", "model_seconds", "data_seconds", "metric_seconds", "ms_per_image"}
+
+
+def sh(*cmd, cwd, check=True):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The project's files (tracked and new, as in the working tree) committed to a fresh git repo."""
+    dst = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/")) and f != "dvc.lock":
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    (dst / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    sh("git", "init", "-q", cwd=dst)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=dst)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=dst)
+    return dst
+
+
+def eval_json(repo):
+    return json.loads((repo / "metrics/eval.json").read_text())
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(repo, tracking_uri):
+    r = sh("dvc", "repro", cwd=repo)
+    assert "Running stage 'visualize'" in r.stdout
+    ev = eval_json(repo)
+    assert ev["num_images"] == 4 and 0 <= ev["AP50"] <= 1
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train", "evaluate", "visualize"}
+    assert (repo / "plots/detections/mosaic.png").is_file() and (repo / "plots/figures/lr.png").is_file()
+
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)
+    assert json.dumps(metrics).count("AP50") >= 1
+    sh("dvc", "plots", "show", "-o", "dvc_plots", cwd=repo)
+    assert (repo / "dvc_plots/index.html").is_file()
+
+    run_id = json.loads((repo / "models/mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    prepare_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+    head = sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
+    assert run.data.tags["git_commit"] == head and run.data.tags["seed"] == "0"
+    assert run.data.tags["dataset_hash"] in (prepare_md5, "unknown")   # train runs before dvc.lock is written
+    assert run.data.metrics["test/AP50"] == pytest.approx(ev["AP50"])
+    assert len(client.get_metric_history(run_id, "train/final_loss")) == 3
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"model", "metrics", "figures", "detections", "eval"} <= artifacts
+
+    # A second repro changes nothing and makes no new MLflow run.
+    runs_before = len(client.search_runs([run.info.experiment_id]))
+    r = sh("dvc", "repro", cwd=repo)
+    assert "Data and pipelines are up to date" in r.stdout
+    assert len(client.search_runs([run.info.experiment_id])) == runs_before
+
+    # Same params and seed on CPU: identical metrics when forced to run again.
+    first = eval_json(repo)
+    first_train = json.loads((repo / "metrics/train.json").read_text())
+    sh("dvc", "repro", "--force", cwd=repo)
+    second = eval_json(repo)
+    assert {k: v for k, v in first.items() if k not in TIMINGS} == {k: v for k, v in second.items() if k not in TIMINGS}
+    second_train = json.loads((repo / "metrics/train.json").read_text())
+    assert first_train["final_loss"] == second_train["final_loss"]
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_with_changed_param(repo, tracking_uri):
+    if not (repo / "dvc.lock").is_file():
+        sh("dvc", "repro", cwd=repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline", cwd=repo, check=False)
+    sh("dvc", "exp", "run", "-S", "train.lr=0.01", "-n", "lr01", cwd=repo)
+    shown = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
+    assert "lr01" in shown and "0.01" in shown
+    runs = mlflow.MlflowClient(tracking_uri).search_runs(
+        [mlflow.MlflowClient(tracking_uri).get_experiment_by_name("tests").experiment_id],
+        filter_string="params.`train.lr` = '0.01'")
+    assert runs and runs[0].data.tags.get("dvc_exp") == "lr01"
