@@ -1,0 +1,115 @@
+"""SIGKILL at several points of training, then resume: the same weights as a run never stopped (bit-exact
+on CPU), and a killed checkpoint write never damages the last good checkpoint."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+SCRIPT = textwrap.dedent("""
+    import os, signal, sys, torch
+    torch.set_num_threads(1)
+    from fcos import FCOS
+    from fcos.callbacks import Callback
+    from fcos.data import VOCDataset, build_loader
+    from fcos.engine import TrainConfig, fit, seed_everything
+
+    data, ckpt, out, fault, resume = sys.argv[1:6]
+
+    class Fault(Callback):
+        def on_step_end(self, state, losses, lr):
+            if fault == "mid-epoch" and state.epoch == 1 and state.step == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    if fault == "checkpoint-write":   # die halfway through writing the epoch-2 checkpoint
+        real_save = torch.save
+        def dying_save(obj, f, *a, **k):
+            if isinstance(obj, dict) and obj.get("epoch") == 2:
+                f.write(b"partial checkpoint bytes")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_save(obj, f, *a, **k)
+        torch.save = dying_save
+
+    seed_everything(0)
+    model = FCOS(num_classes=6, fpn_channels=16, head_convs=1, gn_groups=8, min_size=(56, 64), max_size=96)
+    ds = VOCDataset(data, "trainval", train=True)
+    loader = build_loader(ds, 3, shuffle=True, seed=0)
+    cfg = TrainConfig(epochs=3, optimizer="adamw", lr=0.002, warmup_epochs=1)
+    fit(model, loader, cfg, checkpoint_path=ckpt, classes=ds.classes, callbacks=[Fault()], resume=resume == "1")
+    torch.save(model.state_dict(), out)
+""")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from fcos.data import generate_shapes
+    return generate_shapes(tmp_path_factory.mktemp("d"), seed=4, num_trainval=9, num_test=1, image_size=96)
+
+
+def train(tmp_path, data, ckpt, out, fault="none", resume=False):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    return subprocess.run([sys.executable, str(script), str(data), str(ckpt), str(out), fault, "1" if resume else "0"],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("ref")
+    r = train(tmp, data, tmp / "ck.pt", tmp / "final.pt")
+    assert r.returncode == 0, r.stderr
+    return torch.load(tmp / "final.pt", weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault,epoch_on_disk", [("mid-epoch", 1), ("checkpoint-write", 1)])
+def test_killed_training_resumes_to_identical_weights(tmp_path, data, reference, fault, epoch_on_disk):
+    ckpt = tmp_path / "ck.pt"
+    r = train(tmp_path, data, ckpt, tmp_path / "never.pt", fault=fault)
+    assert r.returncode == -signal.SIGKILL
+    assert not (tmp_path / "never.pt").exists()
+    assert torch.load(ckpt, weights_only=True)["epoch"] == epoch_on_disk   # the last good checkpoint survived
+    r = train(tmp_path, data, ckpt, tmp_path / "final.pt", resume=True)
+    assert r.returncode == 0, r.stderr
+    final = torch.load(tmp_path / "final.pt", weights_only=True)
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+@pytest.mark.slow
+def test_interrupted_dvc_repro_finishes_when_run_again(tmp_path, tracking_uri):
+    """SIGINT (Ctrl-C) and SIGKILL of `dvc repro` during training; running it again completes."""
+    import shutil
+
+    import yaml
+    from conftest import ROOT, tiny_params
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/")) and f != "dvc.lock":
+            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, tmp_path / f)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(train={"epochs": 30}), sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=tmp_path, check=True)
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        p = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        deadline = time.time() + 120
+        while not (tmp_path / "plots/train_steps.csv").is_file() and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)
+        os.killpg(p.pid, sig)
+        p.wait(timeout=60)
+        assert not (tmp_path / "metrics/eval.json").exists()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    r = subprocess.run(["dvc", "repro"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (tmp_path / "metrics/eval.json").is_file() and (tmp_path / "plots/detections/mosaic.png").is_file()
