@@ -96,6 +96,20 @@ def predict(inputs: Annotated[list[Path], typer.Argument(help="Image files or fo
         stage.run(p, console, inputs, out, score_thresh)
 
 
+@app.command()
+def sync(params: ParamsOpt = Path("params.yaml")):
+    """Send tracking data kept in models/mlflow_pending.jsonl while the MLflow server was unreachable."""
+    with _user_errors():
+        _setup(params)
+        from .tracking import PENDING_FILE, sync_pending, tracking_uri
+        sent, ids = sync_pending()
+        if not sent:
+            typer.echo(f"nothing to sync ({PENDING_FILE} is absent)", err=True)
+        else:
+            typer.echo(f"sent {sent} tracking operations to {tracking_uri()}"
+                       + (f"; new runs: {', '.join(ids.values())}" if ids else ""), err=True)
+
+
 def main() -> None:
     app()
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 from fcos.callbacks import Callback
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")   # no usage data leaves by default (README)
+# Fail fast when a tracking server is down (the defaults retry for minutes); calls are kept and synced later.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 RUN_FILE = Path("models/mlflow_run.json")
+PENDING_FILE = Path("models/mlflow_pending.jsonl")
 
 
 def project_root() -> Path:
@@ -31,17 +37,20 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
-def _experiment_id(mlflow, name: str) -> str:
-    exp = mlflow.get_experiment_by_name(name)
+def _experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
     if tracking_uri().startswith("sqlite:") or "://" not in tracking_uri():
         location = (project_root() / "mlartifacts").as_uri()   # not ./mlruns of whatever directory we are in
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location)
     except Exception:   # created meanwhile by another process
-        return mlflow.get_experiment_by_name(name).experiment_id
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def git_commit() -> str:
@@ -66,64 +75,147 @@ def dataset_hash() -> str:
 
 
 class Tracker:
-    """Opens the MLflow run of this repro (new in train, the same one in evaluate/visualize) or does
-    nothing when tracking is disabled. Use as a context manager; the run ends with the stage's status."""
+    """The MLflow run of this repro: created by train, reopened by evaluate and visualize (through
+    models/mlflow_run.json); a no-op when tracking is disabled. Use as a context manager.
+
+    If the tracking server cannot be reached, nothing is lost: every call is appended to
+    models/mlflow_pending.jsonl, the user is told once, and `fcos-exp sync` sends it when the server is back."""
 
     def __init__(self, params: dict, new_run: bool):
         self.enabled = params["tracking"]["enabled"]
-        self.params, self.new_run, self.run_id = params, new_run, None
-        self.mlflow = None
+        self.experiment = params["tracking"]["experiment"]
+        self.new_run, self.run_id, self.client, self.offline = new_run, None, None, False
 
     def __enter__(self) -> "Tracker":
         if not self.enabled:
             return self
-        import mlflow
-        self.mlflow = mlflow
-        mlflow.set_tracking_uri(tracking_uri())
-        exp_id = _experiment_id(mlflow, self.params["tracking"]["experiment"])
-        run_id = None if self.new_run else _read_run_id()
-        run = mlflow.start_run(run_id=run_id, experiment_id=exp_id,
-                               run_name=os.environ.get("DVC_EXP_NAME") if run_id is None else None)
-        self.run_id = run.info.run_id
-        if self.new_run:
-            _write_run_id(self.run_id, tracking_uri())
+        from mlflow import MlflowClient
+        self.client = MlflowClient(tracking_uri())
+        saved = _read_run_file()
+        if self.new_run or not saved:
+            name = os.environ.get("DVC_EXP_NAME") or None
+            try:
+                exp_id = _experiment_id(self.client, self.experiment)
+                self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
+            except Exception as e:  # server down, network, locked database: go on and keep everything
+                self._go_offline(e)
+                self.run_id = f"pending-{uuid.uuid4().hex}"
+                _append_pending(self.run_id, "create", {"experiment": self.experiment, "run_name": name})
+            _write_run_file(self.run_id)
+        else:
+            self.run_id = saved
+            self.offline = saved.startswith("pending-")
+            if not self.offline:
+                self._send("reopen", {})
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.mlflow is not None:
-            self.mlflow.end_run("FAILED" if exc_type is not None else "FINISHED")
+        if self.client is not None:
+            self._send("terminate", {"status": "FAILED" if exc_type is not None else "FINISHED"})
 
-    # Every method below is a no-op when tracking is disabled.
     def log_params(self, params: dict) -> None:
-        if self.mlflow:
-            self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        self._send("params", {k: str(v)[:500] for k, v in params.items()})
 
     def set_tags(self, tags: dict) -> None:
-        if self.mlflow:
-            self.mlflow.set_tags(tags)
+        self._send("tags", {k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        if self.mlflow:
-            clean = {_metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
-            self.mlflow.log_metrics(clean, step=step)
-
-    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        if self.mlflow and Path(path).exists():
-            (self.mlflow.log_artifacts if Path(path).is_dir() else self.mlflow.log_artifact)(str(path), folder)
-
-    def log_table(self, data: dict, name: str) -> None:
-        if self.mlflow:
-            self.mlflow.log_table(data, artifact_file=name)
+        now = int(time.time() * 1000)
+        rows = [(_metric_name(k), float(v), step or 0, now) for k, v in metrics.items()
+                if isinstance(v, (int, float)) and v is not None and not isinstance(v, bool)]
+        if rows:
+            self._send("metrics", rows)
 
     def log_batch(self, rows: list[tuple[str, float, int]]) -> None:
-        """Many (name, value, step) metrics in one call: per-step losses cost one request per flush."""
-        if self.mlflow and rows:
-            from mlflow.entities import Metric
-            now = int(time.time() * 1000)
-            metrics = [Metric(_metric_name(k), float(v), now, s) for k, v, s in rows]
-            client = self.mlflow.MlflowClient()
-            for i in range(0, len(metrics), 1000):   # the store's batch limit
-                client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+        """Many (name, value, step) metrics in one request: per-step losses cost one request per flush."""
+        now = int(time.time() * 1000)
+        if rows:
+            self._send("metrics", [(_metric_name(k), float(v), s, now) for k, v, s in rows])
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        if Path(path).exists():
+            self._send("artifact", {"path": str(Path(path).resolve()), "folder": folder})
+
+    def log_table(self, data: dict, name: str) -> None:
+        self._send("table", {"data": data, "name": name})
+
+    def _send(self, op: str, payload) -> None:
+        if self.client is None:
+            return
+        if not self.offline:
+            try:
+                _apply(self.client, self.run_id, op, payload)
+                return
+            except Exception as e:
+                self._go_offline(e)
+        _append_pending(self.run_id, op, payload)
+
+    def _go_offline(self, error: Exception) -> None:
+        self.offline = True
+        sys.stderr.write(f"warning: MLflow at {tracking_uri()} is unreachable ({type(error).__name__}); "
+                         f"tracking data is kept in {PENDING_FILE} - run `fcos-exp sync` when it is back\n")
+
+
+def _apply(client, run_id: str, op: str, payload) -> None:
+    """One tracking operation against the server (also used to replay pending ones)."""
+    from mlflow.entities import Metric, Param, RunTag
+    if op == "reopen":
+        client.update_run(run_id, status="RUNNING")
+    elif op == "terminate":
+        client.set_terminated(run_id, payload["status"])
+    elif op == "params":
+        client.log_batch(run_id, params=[Param(k, v) for k, v in payload.items()])
+    elif op == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in payload.items()])
+    elif op == "metrics":
+        metrics = [Metric(k, v, t, s) for k, v, s, t in payload]
+        for i in range(0, len(metrics), 1000):   # the store's batch limit
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    elif op == "artifact":
+        if Path(payload["path"]).is_dir():
+            client.log_artifacts(run_id, payload["path"], payload["folder"])
+        else:
+            client.log_artifact(run_id, payload["path"], payload["folder"])
+    elif op == "table":
+        client.log_table(run_id, payload["data"], payload["name"])
+    else:
+        raise ValueError(f"unknown tracking operation {op!r}")
+
+
+def _append_pending(run_id: str, op: str, payload) -> None:
+    PENDING_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(PENDING_FILE, "a") as f:
+        f.write(json.dumps({"run": run_id, "op": op, "payload": payload}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str]]:
+    """Send the operations kept while MLflow was unreachable, in order. Runs created offline get their
+    real id. Returns (operations sent, {pending id: real id}); the file is removed once all are sent."""
+    from mlflow import MlflowClient
+    path = Path(path or PENDING_FILE)
+    if not path.is_file():
+        return 0, {}
+    client = MlflowClient(tracking_uri())
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ids: dict[str, str] = {}
+    for n, rec in enumerate(records):
+        run = rec["run"]
+        if rec["op"] == "create":
+            exp_id = _experiment_id(client, rec["payload"]["experiment"])
+            ids[run] = client.create_run(exp_id, run_name=rec["payload"]["run_name"]).info.run_id
+            continue
+        try:
+            _apply(client, ids.get(run, run), rec["op"], rec["payload"])
+        except Exception:
+            path.write_text("".join(json.dumps(r) + "\n" for r in records[n:]))   # keep what is left
+            raise
+    path.unlink()
+    saved = _read_run_file()
+    if saved in ids:
+        _write_run_file(ids[saved])
+    return len(records), ids
 
 
 def _metric_name(name: str) -> str:
@@ -131,14 +223,14 @@ def _metric_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "/_.- " else "_" for c in name)
 
 
-def _write_run_id(run_id: str, uri: str) -> None:
+def _write_run_file(run_id: str) -> None:
     RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
     tmp = RUN_FILE.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+    tmp.write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri()}))
     os.replace(tmp, RUN_FILE)
 
 
-def _read_run_id() -> str | None:
+def _read_run_file() -> str | None:
     try:
         return json.loads(RUN_FILE.read_text())["run_id"]
     except (OSError, ValueError, KeyError):
