@@ -29,8 +29,7 @@ def _user_errors():
     except KeyboardInterrupt:
         typer.echo("interrupted: the last checkpoint is kept; `fcos-exp train --resume` continues", err=True)
         raise typer.Exit(130)
-    except (UserError, DataError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-            FloatingPointError, ValueError, yaml.YAMLError) as e:
+    except (UserError, DataError, OSError, FloatingPointError, ValueError, yaml.YAMLError) as e:
         if os.environ.get("FCOS_EXP_DEBUG"):
             raise
         message = str(e) or type(e).__name__

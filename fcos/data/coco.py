@@ -68,7 +68,7 @@ def read_coco(ann_file: str | Path, image_dir: str | Path | None = None, report:
         w, h = int(img.get("width") or 0), int(img.get("height") or 0)
         if check_images or w <= 0 or h <= 0:
             try:
-                real = image_size(file)
+                real = image_size(file, verify=check_images)
             except DataError as e:
                 report.problem("unreadable image", file, f"{e.args[0].split(': ', 1)[-1]} (image skipped)")
                 continue

@@ -32,12 +32,17 @@ def load_image(path: str | Path) -> Image.Image:
         raise DataError(f"{path}: image file not found") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image PIL can read") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:   # truncated or corrupt data
         raise DataError(f"{path}: unreadable image ({e})") from None
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, reading the header only."""
+def image_size(path: str | Path, verify: bool = False) -> tuple[int, int]:
+    """(width, height) after EXIF orientation: from the header, or with verify=True by decoding the whole
+    image (which finds truncated and corrupt files)."""
+    if verify:
+        return load_image(path).size
     try:
         with Image.open(path) as img:
             w, h = img.size

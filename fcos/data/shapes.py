@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPES_CLASSES = ["circle", "square", "triangle", "star", "cross", "hexagon"]
+SHAPES_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -23,8 +23,6 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
         pts = [(math.cos(a), math.sin(a)) for a in np.arange(4) * math.pi / 2 + math.pi / 4]
     elif kind == "triangle":
         pts = [(math.cos(a), math.sin(a)) for a in np.arange(3) * 2 * math.pi / 3 - math.pi / 2]
-    elif kind == "hexagon":
-        pts = [(math.cos(a), math.sin(a)) for a in np.arange(6) * math.pi / 3]
     elif kind == "star":
         pts = [((1.0 if i % 2 == 0 else 0.42) * math.cos(a), (1.0 if i % 2 == 0 else 0.42) * math.sin(a))
                for i, a in enumerate(np.arange(10) * math.pi / 5 - math.pi / 2)]
@@ -40,8 +38,10 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
 def _mask(kind: str, size: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
     m = Image.new("L", (size, size), 0)
     d = ImageDraw.Draw(m)
-    if kind == "circle":
+    if kind in ("circle", "ring"):
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        if kind == "ring":
+            d.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
     else:
         d.polygon(_polygon(kind, cx, cy, r, angle), fill=255)
     return np.asarray(m) > 0
@@ -81,10 +81,10 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float) -> tuple[np.n
         if len(masks) == n:
             break
         kind = SHAPES_CLASSES[int(rng.integers(len(SHAPES_CLASSES)))]
-        r = math.exp(rng.uniform(math.log(7), math.log(size * 0.55)))
+        r = math.exp(rng.uniform(math.log(size * 0.045), math.log(size * 0.55)))
         cx, cy = rng.uniform(-0.2 * r, size + 0.2 * r), rng.uniform(-0.2 * r, size + 0.2 * r)
         m = _mask(kind, size, cx, cy, r, rng.uniform(0, 2 * math.pi))
-        full_area = math.pi * r * r * 0.5        # lower bound of any shape's area at this radius
+        full_area = math.pi * r * r * 0.35       # lower bound of any shape's area at this radius
         if m.sum() < max(40, 0.5 * full_area):   # mostly outside the image
             continue
         covered = [int((m & (owner == j)).sum()) for j in range(len(masks))]
@@ -98,7 +98,7 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float) -> tuple[np.n
         masks.append(m)
         kinds.append(kind)
         truncs.append(int(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any()))
-    img = img + rng.normal(0, rng.uniform(4, 18), img.shape)
+    img = img + rng.normal(0, rng.uniform(3, 12), img.shape)
     objects = []
     for j, (kind, t) in enumerate(zip(kinds, truncs)):
         visible = owner == j

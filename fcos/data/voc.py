@@ -69,7 +69,7 @@ def _parse(xml_file: Path, root: Path, stem: str, image_id: int, class_index: di
         width = height = 0
     if check_images or width <= 0 or height <= 0:
         try:
-            real = image_size(file)
+            real = image_size(file, verify=check_images)
         except DataError as e:
             report.problem("unreadable image", file, f"{e.args[0].split(': ', 1)[-1]} (image skipped)")
             return None
@@ -106,6 +106,14 @@ def read_voc(root: str | Path, split: str, classes: list[str] | None = None, rep
     classes = list(classes) if classes else voc_classes(root)
     report = report if report is not None else DataReport()
     stems = split_ids(root, split)
+    if len(set(stems)) != len(stems):
+        seen: set[str] = set()
+        for s in stems:
+            if s in seen:
+                report.problem("duplicate id", root / "ImageSets" / "Main" / f"{split}.txt",
+                               f"image {s} listed twice (second skipped)")
+            seen.add(s)
+        stems = list(dict.fromkeys(stems))
     ids = stable_image_ids(stems)
     index = {c: i for i, c in enumerate(classes)}
     records = [_parse(root / "Annotations" / f"{s}.xml", root, s, i, index, report, check_images)
