@@ -1,0 +1,88 @@
+"""fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
+training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s.
+
+    python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+from torchvision.models.detection import FCOS as TVFCOS
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from common import flops, interleave, matmul_peak_gflops, median
+from fcos import FCOS
+
+
+def build(size: int, classes: int = 20):
+    torch.manual_seed(0)
+    ours = FCOS(num_classes=classes, backbone="resnet18", fpn_channels=256, head_convs=4, gn_groups=32,
+                min_size=size, max_size=size * 3 // 2)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
+                                   returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256),
+                                   norm_layer=nn.BatchNorm2d)
+    theirs = TVFCOS(backbone, num_classes=classes, min_size=size, max_size=size * 3 // 2)
+    return ours, theirs
+
+
+def batch(n: int, size: int):
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, size, size * 4 // 3, generator=g) for _ in range(n)]
+    targets = []
+    for _ in range(n):
+        xy = torch.rand(5, 2, generator=g) * size * 0.6
+        wh = torch.rand(5, 2, generator=g) * size * 0.4 + 8
+        targets.append({"boxes": torch.cat((xy, xy + wh), 1), "labels": torch.randint(0, 20, (5,), generator=g)})
+    return images, targets
+
+
+def train_step(model, opt, images, targets, key):
+    def step():
+        losses = model(images, targets)
+        loss = losses[key] if key in losses else sum(losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    peak = matmul_peak_gflops()
+    ours, theirs = build(args.size)
+    images, targets = batch(args.batch, args.size)
+
+    ours.train(), theirs.train()
+    steps = {"fcos-exp": train_step(ours, torch.optim.SGD(ours.parameters(), lr=1e-4), images, targets, "final_loss"),
+             "torchvision": train_step(theirs, torch.optim.SGD(theirs.parameters(), lr=1e-4), images, targets, "")}
+    train_flops = {name: flops(fn) for name, fn in steps.items()}
+    t = interleave(steps, args.rounds)
+
+    ours.eval(), theirs.eval()
+    one = images[:1]
+    infer = {"fcos-exp": lambda: ours(one), "torchvision": lambda: theirs(one)}
+    with torch.inference_mode():
+        infer_flops = {name: flops(fn) for name, fn in infer.items()}
+        ti = interleave(infer, args.rounds * 2)
+
+    print(f"CPU threads {torch.get_num_threads()}, matmul peak {peak:.1f} GFLOP/s; input {args.size}px, "
+          f"train batch {args.batch}, {args.rounds} interleaved rounds (medians)")
+    for title, times, fl, n in (("train step", t, train_flops, args.batch), ("inference (batch 1)", ti, infer_flops, 1)):
+        print(f"\n{title}")
+        for name in times:
+            m = median(times[name])
+            print(f"  {name:12s} {m * 1000:8.1f} ms  {n / m:6.2f} img/s  {fl[name] / m / 1e9:6.1f} GFLOP/s "
+                  f"({fl[name] / m / 1e9 / peak:.0%} of peak)")
+        print(f"  speed ratio fcos-exp / torchvision: {median(times['torchvision']) / median(times['fcos-exp']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
