@@ -36,7 +36,7 @@ def test_properties_of_a_real_detection_problem(tmp_path):
     assert (counts >= 3).mean() > 0.3                    # several objects per image
     assert set(labels.tolist()) == set(range(len(SHAPES_CLASSES)))
     sides = np.concatenate([np.maximum(r.boxes[:, 2] - r.boxes[:, 0], r.boxes[:, 3] - r.boxes[:, 1]) for r in ds.records])
-    assert sides.min() < 20 and sides.max() > 200        # several scales
+    assert sides.min() < 32 and sides.max() > 200        # several scales
     boxes = np.concatenate([r.boxes for r in ds.records])
     cut = (boxes[:, 0] <= 0) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= 256) | (boxes[:, 3] >= 256)
     assert cut.sum() >= 10                               # objects cut by the border
