@@ -109,6 +109,23 @@ def sync(params: ParamsOpt = Path("params.yaml")):
                        + (f"; new runs: {', '.join(ids.values())}" if ids else ""), err=True)
 
 
+@app.command()
+def tune(trials: Annotated[Optional[int], typer.Option(help="Trials of the whole study (default tune.trials).")] = None,
+         storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file or an RDB URL.")] = None,
+         study_name: Annotated[Optional[str], typer.Option(help="Study name (default tune.study_name).")] = None,
+         apply: Annotated[bool, typer.Option("--apply", help="Write the best params found into --params.")] = False,
+         params: ParamsOpt = Path("params.yaml")):
+    """Search the training configuration with Optuna (TPE + pruning); every trial is a nested MLflow run."""
+    with _user_errors():
+        p, console = _setup(params)
+        from .tune_study import apply_best, run_study
+        if apply:
+            best = apply_best(params)
+            console.print(f"{params}: set {', '.join(f'{k}={v}' for k, v in best.items())}; `dvc repro` reproduces it")
+            return
+        run_study(p, console, trials, storage, study_name)
+
+
 def main() -> None:
     app()
 

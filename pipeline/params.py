@@ -11,9 +11,6 @@ from .errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = Path("params.yaml")
 
-_ANY = object()
-
-
 def _num(lo=None, hi=None, integer=False, lo_open=False):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
@@ -47,6 +44,8 @@ def _backbone(v):
         return f"unknown backbone {v!r} (one of {', '.join(RESNETS)})"
 
 
+_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
 SCHEMA: dict[str, Any] = {
     "data": {
         "format": _choice("shapes", "voc", "coco"), "root": _type(str), "train_split": _type(str),
@@ -76,13 +75,14 @@ SCHEMA: dict[str, Any] = {
     "eval": {"batch_size": _num(1, 4096, integer=True), "backend": _choice("faster", "pycocotools")},
     "visualize": {"num_images": _num(1, 1000, integer=True), "score_thresh": _num(0, 1)},
     "tracking": {"enabled": _type(bool), "experiment": _type(str), "log_every": _num(1, integer=True)},
-    "tune": _ANY,   # validated by pipeline.tune against the search space
+    "tune": {"space": _type(str), "trials": _num(1, integer=True), "metric": _choice(*_STATS),
+             "direction": _choice("maximize", "minimize"), "seed": _num(0, integer=True),
+             "pruner": _choice("hyperband", "median", "none"), "storage": _type(str, optional=True),
+             "study_name": _type(str), "heartbeat_seconds": _num(1, integer=True)},
 }
 
 
 def _validate(node: Any, schema: Any, where: str, problems: list[str]) -> None:
-    if schema is _ANY:
-        return
     if isinstance(schema, dict):
         if not isinstance(node, dict):
             problems.append(f"{where or 'params'}: must be a mapping, got {node!r}")
