@@ -36,7 +36,7 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.67, 0.89)   # multistep: fractions of training
     gamma: float = 0.1
     clip_grad_norm: float = 10.0     # 0: no clipping
-    amp: str = "none"                # none | fp16 | bf16 (CUDA only; CPU trains in float32)
+    amp: str = "none"                # none | fp16 (CUDA) | bf16 (CUDA and CPU)
     channels_last: bool = False
     nonfinite: str = "stop"          # stop | skip: what a NaN/inf loss does
     seed: int = 0
@@ -70,7 +70,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _autocast(device: torch.device, amp: str):
-    enabled = device.type == "cuda" and amp in ("fp16", "bf16")
+    """fp16 or bf16 on CUDA; bf16 on CPU too (about 2x faster on CPUs with AVX512-BF16 or AMX)."""
+    enabled = amp == "bf16" or (device.type == "cuda" and amp == "fp16")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16, enabled=enabled)
 
 

@@ -93,7 +93,7 @@ def storage_for(url: str | None, heartbeat: int):
         return JournalStorage(JournalFileBackend(url))
     try:
         return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=heartbeat * 3,
-                          failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except Exception as e:  # SQLAlchemy raises many kinds for unreachable servers, bad URLs, missing drivers
         raise UserError(f"{url.split('@')[-1]}: storage unreachable ({type(e).__name__}: {str(e).splitlines()[0][:150]})") from None
 

@@ -1,0 +1,186 @@
+"""fcos-exp tune: real Optuna storages (journal file, PostgreSQL), real MLflow, real training on the tiny config."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from conftest import run_cli, tiny_params
+
+SPACE = "train.lr: {type: float, low: 0.001, high: 0.01, log: true}\ntrain.epochs: {type: int, low: 1, high: 2}\n"
+
+
+@pytest.fixture
+def tune_project(project):
+    (project / "experiments").mkdir()
+    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    assert run_cli("prepare").exit_code == 0
+    return project
+
+
+def journal_study(project, name="fcos-exp"):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage = JournalStorage(JournalFileBackend(str(project / "experiments/optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def states(study):
+    return sorted(t.state.name for t in study.get_trials())
+
+
+@pytest.mark.slow
+def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, tracking_uri):
+    r = run_cli("tune", "--trials", "3")
+    assert r.exit_code == 0, r.stderr
+    study = journal_study(tune_project)
+    assert len([t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]) == 3
+    best = yaml.safe_load((tune_project / "experiments/best_params.yaml").read_text())
+    assert best["trial"] == study.best_trial.number and best["params"] == study.best_trial.params
+
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("tests")
+    parent = client.search_runs([exp.experiment_id], "tags.optuna_study = 'fcos-exp' and tags.fcos_role = 'study'")
+    assert len(parent) == 1
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
+    assert len(children) == 3
+    assert {c.data.tags["optuna_state"] for c in children} <= {"COMPLETE", "PRUNED"}
+    for c in children:
+        n = int(c.data.tags["optuna_trial"])
+        assert float(c.data.params["train.lr"]) == pytest.approx(study.trials[n].params["train.lr"])
+        assert client.get_metric_history(c.info.run_id, "val/AP50")
+    figures = {a.path for a in client.list_artifacts(parent[0].info.run_id, "optuna")}
+    assert "optuna/history.png" in figures
+
+    # Running again continues the same study: 3 more trials make 5 in all.
+    assert run_cli("tune", "--trials", "5").exit_code == 0
+    assert len(journal_study(tune_project).get_trials()) == 5
+
+    r = run_cli("tune", "--apply")
+    assert r.exit_code == 0, r.stderr
+    from pipeline.params import load_params
+    p = load_params("params.yaml")
+    assert p["train"]["lr"] == best["params"]["train.lr"] and p["train"]["epochs"] == best["params"]["train.epochs"]
+
+
+def worker(project, trials, extra=()):
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "--trials", str(trials), *extra], cwd=project,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_journal_study(tune_project):
+    p = yaml.safe_load((tune_project / "params.yaml").read_text())
+    p["tracking"]["enabled"] = False
+    (tune_project / "params.yaml").write_text(yaml.safe_dump(p))
+    a, b = worker(tune_project, 4), worker(tune_project, 4)
+    for w in (a, b):
+        _, err = w.communicate(timeout=400)
+        assert w.returncode == 0, err[-2000:]
+    study = journal_study(tune_project)
+    done = [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+    assert 4 <= len(done) <= 5           # MaxTrialsCallback stops both; one may finish a trial in flight
+    assert len({t.user_attrs["worker"] for t in study.get_trials()}) == 2
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_retried_and_study_completes(tune_project):
+    p = yaml.safe_load((tune_project / "params.yaml").read_text())
+    p["tracking"]["enabled"] = False
+    (tune_project / "params.yaml").write_text(yaml.safe_dump(p))
+    (tune_project / "experiments/tune_space.yaml").write_text(
+        "train.lr: {type: float, low: 0.001, high: 0.01, log: true}\ntrain.epochs: {type: int, low: 30, high: 31}\n")
+    w = worker(tune_project, 2)
+    deadline = time.time() + 120
+    running = []
+    while time.time() < deadline and not running:
+        time.sleep(1)
+        try:
+            running = [t for t in journal_study(tune_project).get_trials() if t.state.name == "RUNNING"]
+        except (KeyError, FileNotFoundError, optuna.exceptions.OptunaError):
+            pass
+    assert running, "no trial started"
+    time.sleep(3)
+    w.send_signal(signal.SIGKILL)
+    w.wait()
+    (tune_project / "experiments/tune_space.yaml").write_text(SPACE.replace("low: 1, high: 2", "low: 1, high: 31"))
+    r = run_cli("tune", "--trials", "2")
+    assert r.exit_code == 0, r.stderr
+    study = journal_study(tune_project)
+    killed = study.trials[running[0].number]
+    assert killed.state.name == "FAIL"
+    retry = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == killed.number]
+    assert retry and retry[0].params == killed.params and retry[0].state.name in ("COMPLETE", "PRUNED")
+
+
+def _pg_ctl():
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A throwaway PostgreSQL server on 127.0.0.1 (run as the postgres user when we are root)."""
+    bindir = _pg_ctl()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="fcos-pg-"))   # not under pytest's 0700 folder: postgres must enter it
+    data = base / "pg"
+    data.mkdir()
+    prefix = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(data, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    run = lambda *cmd: subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=120)
+    r = run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
+    if r.returncode != 0:
+        pytest.skip(f"initdb failed: {r.stderr[-300:]}")
+    r = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
+            f"-h 127.0.0.1 -p {port} -k {data}", "start")
+    if r.returncode != 0:
+        pytest.skip(f"PostgreSQL did not start: {r.stderr[-300:]}")
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_study_on_postgresql(tune_project, postgres):
+    r = run_cli("tune", "--trials", "2", "--storage", postgres, "--study-name", "pg")
+    assert r.exit_code == 0, r.stderr
+    study = optuna.load_study(study_name="pg", storage=postgres)
+    assert len([t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]) == 2
+
+
+@pytest.mark.parametrize("space,message", [
+    ("train.lrr: {type: float, low: 0.1, high: 1}\n", "train.lrr: not a params.yaml key"),
+    ("train.lr: {type: float, low: 0.1, high: 0.01}\n", "empty range"),
+    ("train.lr: {type: gaussian}\n", "type must be float, int or categorical"),
+    ("model.backbone: {type: categorical, choices: []}\n", "non-empty choices"),
+])
+def test_bad_search_space_is_one_line(project, space, message):
+    (project / "experiments").mkdir()
+    (project / "experiments/tune_space.yaml").write_text(space)
+    r = run_cli("tune", "--trials", "1")
+    assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_unreachable_storage_is_one_line(project):
+    (project / "experiments").mkdir()
+    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    r = run_cli("tune", "--storage", "postgresql+psycopg2://u:p@127.0.0.1:9/db")
+    assert r.exit_code == 2 and "storage unreachable" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert "u:p" not in r.stderr
