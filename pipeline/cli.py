@@ -126,6 +126,22 @@ def tune(trials: Annotated[Optional[int], typer.Option(help="Trials of the whole
         run_study(p, console, trials, storage, study_name)
 
 
+@app.command()
+def report(experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default tracking.experiment).")] = None,
+           filter_tag: Annotated[Optional[str], typer.Option(help="Only runs with this tag, key=value.")] = None,
+           status: Annotated[Optional[str], typer.Option(help="Only runs in this state (FINISHED, FAILED, ...).")] = None,
+           last: Annotated[Optional[int], typer.Option(help="Only the N most recent runs.")] = None,
+           sort_by: Annotated[str, typer.Option(help="Leaderboard metric (test split).")] = "AP50",
+           baseline: Annotated[Optional[str], typer.Option(help="Run id or name for the deltas (default: oldest).")] = None,
+           out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports"),
+           params: ParamsOpt = Path("params.yaml")):
+    """Write reports/report.md and a self-contained reports/report.html comparing the tracked runs."""
+    with _user_errors():
+        p, console = _setup(params)
+        from .report import run as build
+        build(p, console, experiment, filter_tag, status, last, sort_by, baseline, out)
+
+
 def main() -> None:
     app()
 
