@@ -3,7 +3,7 @@ import json
 
 import mlflow
 import pytest
-from conftest import run_cli
+from conftest import run_cli, tiny_params
 
 STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
@@ -37,7 +37,7 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.lr"] == "0.002" and run.data.params["model.backbone"] == "resnet18"
+    assert run.data.params["train.lr"] == str(tiny_params()["train"]["lr"]) and run.data.params["model.backbone"] == "resnet18"
     assert {"git_commit", "dataset_hash", "seed"} <= set(run.data.tags)
     assert run.data.metrics["test/AP50"] == pytest.approx(ev["AP50"])
     assert len(client.get_metric_history(run_id, "train/final_loss")) == 3

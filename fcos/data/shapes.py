@@ -83,7 +83,7 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float) -> tuple[np.n
         kind = SHAPES_CLASSES[int(rng.integers(len(SHAPES_CLASSES)))]
         r = math.exp(rng.uniform(math.log(size * 0.045), math.log(size * 0.55)))
         cx, cy = rng.uniform(-0.2 * r, size + 0.2 * r), rng.uniform(-0.2 * r, size + 0.2 * r)
-        m = _mask(kind, size, cx, cy, r, rng.uniform(0, 2 * math.pi))
+        m = _mask(kind, size, cx, cy, r, rng.uniform(-0.3, 0.3))   # upright, as objects in photos mostly are
         full_area = math.pi * r * r * 0.35       # lower bound of any shape's area at this radius
         if m.sum() < max(40, 0.5 * full_area):   # mostly outside the image
             continue
