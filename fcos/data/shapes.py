@@ -1,7 +1,8 @@
 """The embedded default dataset: shapes on noisy backgrounds, generated deterministically in VOC layout.
 
-Six classes told apart by shape only (colours are drawn independently of the class), sizes from ~12 px
-to the whole image so that P3-P5 all receive positives, several objects per image with overlap
+Six classes told apart by shape only (colours are drawn independently of the class; shapes stand upright
+within +-17 degrees), sizes from ~9% of the image to all of it so that P3-P5 all receive positives at the
+native size, several objects per image with overlap
 (occlusion capped at half an object), objects cut by the border (`truncated` 1), gradient + noise +
 clutter backgrounds and some images with no object. PNG files and hand-written XML: the same seed gives
 the same bytes on every machine.
