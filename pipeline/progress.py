@@ -14,7 +14,7 @@ LOSSES = ("final_loss", "cls_loss", "reg_loss", "ctr_loss")
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True)   # rich honours NO_COLOR and plain output when not a terminal
+    return Console(stderr=True, soft_wrap=True)   # honours NO_COLOR; long lines are not cut when piped
 
 
 def bar(console: Console) -> Progress:

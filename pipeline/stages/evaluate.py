@@ -27,10 +27,14 @@ def load_trained(device):
 
 
 def map_table(metrics: dict, title: str = "COCO bbox metrics (test split)") -> Table:
+    """AP at IoU .50:.95, .50, .75 and by size; AR at 1/10/100 detections and by size: two rows of six."""
     table = Table(title=title)
-    for name in STATS:
-        table.add_column(name, justify="right")
-    table.add_row(*("-" if metrics[n] is None else f"{metrics[n]:.3f}" for n in STATS))
+    for _ in range(2):
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+    fmt = lambda n: "-" if metrics[n] is None else f"{metrics[n]:.3f}"
+    for ap, ar in zip(STATS[:6], STATS[6:]):
+        table.add_row(ap, fmt(ap), ar, fmt(ar))
     return table
 
 
