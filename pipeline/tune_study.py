@@ -207,8 +207,8 @@ def run_study(params: dict, console, trials: int | None, storage: str | None, st
     start = time.perf_counter()
     with Live(trials_table(study), console=console, refresh_per_second=1, transient=False) as live:
         remaining = n_trials - len(study.get_trials(deepcopy=False, states=counted))
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining,
+        if remaining > 0:   # failed trials do not count; at most 3x as many attempts as trials wanted
+            study.optimize(objective, n_trials=3 * remaining,
                            callbacks=[MaxTrialsCallback(n_trials, states=counted),
                                       lambda s, tr: live.update(trials_table(s))])
         live.update(trials_table(study))
