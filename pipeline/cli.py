@@ -129,17 +129,23 @@ def tune(trials: Annotated[Optional[int], typer.Option(help="Trials of the whole
 @app.command()
 def report(experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default tracking.experiment).")] = None,
            filter_tag: Annotated[Optional[str], typer.Option(help="Only runs with this tag, key=value.")] = None,
-           status: Annotated[Optional[str], typer.Option(help="Only runs in this state (FINISHED, FAILED, ...).")] = None,
+           status: Annotated[Optional[str], typer.Option(help="Only runs in this state: FINISHED, FAILED, KILLED, "
+                                                              "RUNNING.")] = None,
            last: Annotated[Optional[int], typer.Option(help="Only the N most recent runs.")] = None,
-           sort_by: Annotated[str, typer.Option(help="Leaderboard metric (test split).")] = "AP50",
-           baseline: Annotated[Optional[str], typer.Option(help="Run id or name for the deltas (default: oldest).")] = None,
-           out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports"),
+           sort_by: Annotated[str, typer.Option(help="Leaderboard metric: a test stat (AP50, AP, ...), "
+                                                     "ms_per_image or train_seconds.")] = "AP50",
+           baseline: Annotated[Optional[str], typer.Option(help="Run id, id prefix or name for the deltas "
+                                                                "(default: the oldest).")] = None,
+           out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("reports"),
+           storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the study (default tune.storage).")] = None,
+           study_name: Annotated[Optional[str], typer.Option(help="Optuna study (default tune.study_name).")] = None,
            params: ParamsOpt = Path("params.yaml")):
-    """Write reports/report.md and a self-contained reports/report.html comparing the tracked runs."""
+    """Write reports/report.md and a self-contained reports/report.html comparing the tracked runs.
+    No matching run is not an error: the report says so and the exit code is 0."""
     with _user_errors():
         p, console = _setup(params)
         from .report import run as build
-        build(p, console, experiment, filter_tag, status, last, sort_by, baseline, out)
+        build(p, console, experiment, filter_tag, status, last, sort_by, baseline, out, storage, study_name)
 
 
 def main() -> None:

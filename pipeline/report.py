@@ -1,22 +1,32 @@
-"""`fcos-exp report`: the tracked runs as reports/report.md and a self-contained reports/report.html."""
+"""`fcos-exp report`: the tracked runs as reports/report.md and a self-contained reports/report.html.
+
+This module reads MLflow (runs, histories, artifacts); report_sections.py lays the report out,
+report_tuning.py reads the Optuna study, report_figures.py draws, report_html.py renders."""
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .errors import UserError
 from .params import flatten
-from .report_html import render_html, render_markdown
-from .tracking import dataset_hash, git_commit, tracking_uri
+from .tracking import dataset_hash, git_commit, project_root, tracking_uri
 
-COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+LOWER_IS_BETTER = {"ms_per_image": "test/ms_per_image", "train_seconds": "train_summary/train_seconds"}
+STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
+TOP = 3            # runs drawn in the curves and per-class figures
+MAX_DETECTIONS = 8
 
 
 @dataclass
 class Row:
-    """One pipeline run of the leaderboard; None marks a missing value."""
+    """One pipeline run (not a tuning study or trial); value() is None for a metric the run lacks."""
 
     run_id: str
     name: str
@@ -27,112 +37,134 @@ class Row:
     start: int
     curves: dict = field(default_factory=dict)
 
-    def get(self, key: str):
-        return self.metrics.get(f"test/{key}")
+    def value(self, key: str):
+        return self.metrics.get(LOWER_IS_BETTER.get(key, f"test/{key}"))
 
 
-def fetch_rows(client, exp_id: str, tag: str | None, status: str | None, last: int | None) -> list[Row]:
-    """Pipeline runs (not tuning studies or their trials), newest first, filtered as asked."""
-    filters = []
+def search_all(client, exp_id: str) -> list:
+    """Every run of the experiment, newest first (all result pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], "", max_results=1000,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def is_tuning(run) -> bool:
+    tags = run.data.tags
+    return "mlflow.parentRunId" in tags or "optuna_study" in tags or tags.get("fcos_role") == "study"
+
+
+def fetch_rows(runs: list, tag: str | None, status: str | None, last: int | None) -> list[Row]:
+    """Pipeline runs (newest first, as given), filtered by tag key=value and status, the `last` newest kept."""
+    runs = [r for r in runs if not is_tuning(r)]
     if tag:
-        if "=" not in tag:
-            raise UserError(f"--filter-tag must look like key=value, got {tag!r}")
-        k, v = tag.split("=", 1)
-        filters.append(f"tags.`{k}` = '{v}'")
+        key, value = tag.split("=", 1)
+        runs = [r for r in runs if r.data.tags.get(key) == value]
     if status:
-        filters.append(f"attributes.status = '{status.upper()}'")
-    runs = client.search_runs([exp_id], " and ".join(filters), max_results=1000, order_by=["attributes.start_time DESC"])
-    runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("fcos_role") != "study"]
-    runs = runs[:last] if last else runs
+        runs = [r for r in runs if r.info.status == status]
     return [Row(r.info.run_id, r.info.run_name or r.info.run_id[:8], r.info.status, r.data.params, r.data.tags,
-                r.data.metrics, r.info.start_time or 0) for r in runs]
+                r.data.metrics, r.info.start_time or 0) for r in runs[:last]]
 
 
 def sort_rows(rows: list[Row], metric: str) -> list[Row]:
-    """Best first by `metric`; runs without it go last (in start order)."""
-    have = [r for r in rows if r.get(metric) is not None]
-    missing = [r for r in rows if r.get(metric) is None]
-    return sorted(have, key=lambda r: -r.get(metric)) + sorted(missing, key=lambda r: r.start)
+    """Best first by `metric` (highest, or lowest for times); runs without it last, oldest first."""
+    sign = 1 if metric in LOWER_IS_BETTER else -1
+    have = [r for r in rows if r.value(metric) is not None]
+    missing = [r for r in rows if r.value(metric) is None]
+    return sorted(have, key=lambda r: (sign * r.value(metric), r.start)) + sorted(missing, key=lambda r: r.start)
 
 
 def pick_baseline(rows: list[Row], baseline: str | None) -> Row | None:
+    """The run given by id, id prefix or unique name; by default the oldest run."""
     if not rows:
         return None
     if baseline is None:
         return min(rows, key=lambda r: r.start)
-    for r in rows:
-        if baseline in (r.run_id, r.name):
-            return r
-    raise UserError(f"baseline run {baseline!r} not found among the reported runs")
+    found = [r for r in rows if r.run_id.startswith(baseline)] or [r for r in rows if r.name == baseline]
+    if not found:
+        raise UserError(f"--baseline {baseline!r}: no reported run has this id or name")
+    if len(found) > 1:
+        raise UserError(f"--baseline {baseline!r}: {len(found)} runs match; give the run id")
+    return found[0]
 
 
-def reproduce_command(row: Row, current: dict) -> str:
-    """The command that re-runs `row`: its commit and the params that differ from today's params.yaml."""
-    changed = [f"-S {k}={v}" for k, v in sorted(row.params.items()) if k in current and str(current[k]) != v]
+def _params_at(commit: str) -> dict | None:
+    """params.yaml as committed at `commit`, flattened; None when git cannot show it."""
+    try:
+        text = subprocess.run(["git", "show", f"{commit}:params.yaml"], capture_output=True, text=True,
+                              timeout=10, cwd=project_root(), check=True).stdout
+        return flatten(yaml.safe_load(text) or {})
+    except (OSError, subprocess.SubprocessError, yaml.YAMLError):
+        return None
+
+
+def _yaml_value(text: str) -> str:
+    return {"None": "null", "True": "true", "False": "false"}.get(text, text)
+
+
+def reproduce_command(row: Row, current: dict, cache: dict) -> str | None:
+    """`git checkout <commit> && dvc exp run -S k=v ...`: the logged params that differ from params.yaml at
+    the run's commit (from the current params when git does not know that commit). None without params."""
+    if not row.params:
+        return None
     commit = row.tags.get("git_commit", "unknown")
+    if commit != "unknown" and commit not in cache:
+        cache[commit] = _params_at(commit)
+    base = cache.get(commit) or current
+    changed = [shlex.quote(f"{k}={_yaml_value(v)}") for k, v in sorted(row.params.items())
+               if k in base and str(base[k]) != v]
     checkout = f"git checkout {commit[:12]} && " if commit != "unknown" else ""
-    return f"{checkout}dvc exp run {' '.join(changed)}".strip()
+    return f"{checkout}dvc exp run" + "".join(f" -S {c}" for c in changed)
 
 
-def add_curves(client, rows: list[Row]) -> None:
+def add_curves(client, rows: list[Row], val_metric: str) -> None:
     for r in rows:
-        for key in ("train/final_loss", "val/AP50", "epoch/final_loss"):
+        for key in ("train/final_loss", f"val/{val_metric}"):
             history = client.get_metric_history(r.run_id, key)
             if history:
                 r.curves[key] = sorted((m.step, m.value) for m in history)
 
 
-def tuning_section(client, exp_id: str, out: Path) -> dict | None:
-    """Studies recorded by `fcos-exp tune`: trial counts by state, best value, the study's figures."""
-    studies = client.search_runs([exp_id], "tags.fcos_role = 'study'", max_results=20)
-    if not studies:
-        return None
-    result = []
-    for s in studies:
-        trials = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{s.info.run_id}'", max_results=5000)
-        counts: dict[str, int] = {}
-        for t in trials:
-            state = t.data.tags.get("optuna_state", "RUNNING")
-            counts[state] = counts.get(state, 0) + 1
-        figures = []
-        try:
-            for a in client.list_artifacts(s.info.run_id, "optuna"):
-                local = Path(client.download_artifacts(s.info.run_id, a.path, str(out)))
-                figures.append(local)
-        except Exception:   # artifacts unreachable: the counts still stand
-            pass
-        best = {k[5:]: v for k, v in s.data.tags.items() if k.startswith("best.")}
-        result.append({"name": s.data.tags.get("optuna_study"), "counts": counts, "best_params": best,
-                       "best_value": next((v for k, v in s.data.metrics.items() if k.startswith("best_")), None),
-                       "figures": figures})
-    return {"studies": result}
-
-
-def detection_images(client, row: Row | None, out: Path) -> list[Path]:
+def detection_images(client, row: Row | None, assets: Path) -> tuple[list[Path], str | None]:
+    """The best run's detection PNGs (the mosaic only when there are no single images), or why there are none."""
     if row is None:
-        return []
+        return [], "no run has test metrics yet, so there is no best run to show"
     try:
-        arts = [a.path for a in client.list_artifacts(row.run_id, "detections")]
-    except Exception:
-        return []
-    chosen = [p for p in arts if p.endswith("mosaic.png")] or [p for p in arts if p.endswith(".png")][:6]
-    paths = []
-    for p in chosen:
-        try:
-            paths.append(Path(client.download_artifacts(row.run_id, p, str(out))))
-        except Exception:
-            pass
-    return paths
+        folder = Path(client.download_artifacts(row.run_id, "detections", str(assets)))
+    except Exception as e:   # no such artifact, unreachable artifact store
+        return [], f"run {row.name} has no detection images ({type(e).__name__}); `fcos-exp visualize` logs them"
+    pngs = sorted(p for p in folder.glob("*.png") if p.name != "mosaic.png")[:MAX_DETECTIONS]
+    pngs = pngs or sorted(folder.glob("mosaic.png"))
+    return pngs, None if pngs else f"run {row.name} logged no detection images"
 
 
-def run(params: dict, console, experiment: str | None, filter_tag: str | None, status: str | None,
-        last: int | None, sort_by: str, baseline: str | None, out: Path) -> Path:
+def _check(sort_by: str, status: str | None, filter_tag: str | None, last: int | None) -> str | None:
+    if sort_by not in STATS and sort_by not in LOWER_IS_BETTER:
+        raise UserError(f"--sort-by must be one of {', '.join([*STATS, *LOWER_IS_BETTER])}; got {sort_by!r}")
+    if filter_tag is not None and ("=" not in filter_tag or filter_tag.startswith("=")):
+        raise UserError(f"--filter-tag must look like key=value, got {filter_tag!r}")
+    if last is not None and last < 1:
+        raise UserError(f"--last must be at least 1, got {last}")
+    if status is not None and status.upper() not in STATUSES:
+        raise UserError(f"--status must be one of {', '.join(STATUSES)}; got {status!r}")
+    return status.upper() if status else None
+
+
+def run(params: dict, console, experiment: str | None = None, filter_tag: str | None = None,
+        status: str | None = None, last: int | None = None, sort_by: str = "AP50", baseline: str | None = None,
+        out: Path = Path("reports"), storage: str | None = None, study_name: str | None = None) -> Path:
+    """Build the report; zero matching runs give a report (and a message) saying so, not an error."""
     from mlflow import MlflowClient
 
-    from .report_figures import curves_figure, per_class_figure
+    from .report_html import render_html, render_markdown
+    from .report_sections import build_blocks
+    from .report_tuning import tuning_section
 
-    if sort_by not in COLUMNS + ["AR1", "AR10", "AR100"]:
-        raise UserError(f"--sort-by must be one of {', '.join(COLUMNS)}, AR1, AR10, AR100; got {sort_by!r}")
+    status = _check(sort_by, status, filter_tag, last)
     name = experiment or params["tracking"]["experiment"]
     client = MlflowClient(tracking_uri())
     exp = client.get_experiment_by_name(name)
@@ -140,30 +172,37 @@ def run(params: dict, console, experiment: str | None, filter_tag: str | None, s
     assets = out / "assets"
     shutil.rmtree(assets, ignore_errors=True)
     assets.mkdir()
-    rows = fetch_rows(client, exp.experiment_id, filter_tag, status, last) if exp else []
-    rows = sort_rows(rows, sort_by)
-    base = pick_baseline(rows, baseline)
-    top = [r for r in rows if r.get(sort_by) is not None][:3]
-    add_curves(client, top)
+    runs = search_all(client, exp.experiment_id) if exp else []
+    rows = sort_rows(fetch_rows(runs, filter_tag, status, last), sort_by)
+    ranked = [r for r in rows if r.value(sort_by) is not None]
+    val_metric = sort_by if sort_by in STATS else "AP50"
+    add_curves(client, ranked[:TOP], val_metric)
+    cache: dict = {}
     current = flatten(params)
-    context = {
+    filters = ", ".join(f for f in (filter_tag and f"tag {filter_tag}", status and f"status {status}",
+                                    last and f"last {last}") if f) or "none"
+    ctx = {
         "title": f"fcos-exp report: {name}",
         "header": {"git commit": git_commit(), "dataset hash": dataset_hash(), "tracking URI": tracking_uri(),
-                   "experiment": name, "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-                   "sorted by": sort_by},
-        "rows": rows, "sort_by": sort_by, "baseline": base,
-        "commands": {r.run_id: reproduce_command(r, current) for r in rows},
-        "curves": curves_figure(top, assets / "curves.png") if top else None,
-        "per_class": per_class_figure(top, assets / "per_class_ap50.png") if top else None,
-        "tuning": tuning_section(client, exp.experiment_id, assets) if exp else None,
-        "detections": detection_images(client, top[0] if top else None, assets),
-        "empty_reason": None if rows else (f"no runs in MLflow experiment '{name}' at {tracking_uri()}"
-                                           f"{' matching the filters' if exp and (filter_tag or status) else ''}: "
-                                           "run `dvc repro` first"),
+                   "experiment": name, "filters": filters, "sorted by": sort_by,
+                   "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")},
+        "rows": rows, "sort_by": sort_by, "val_metric": val_metric, "top": ranked[:TOP],
+        "best": ranked[0] if ranked else None, "baseline": pick_baseline(rows, baseline),
+        "commands": {r.run_id: reproduce_command(r, current, cache) for r in rows},
+        "tuning": tuning_section(params, runs, storage, study_name, assets),
+        "assets": assets,
     }
-    (out / "report.md").write_text(render_markdown(context, out))
-    (out / "report.html").write_text(render_html(context))
     if not rows:
-        console.print(context["empty_reason"])
-    console.print(f"report: {out / 'report.html'} (self-contained) and {out / 'report.md'}; {len(rows)} runs")
+        where = f"MLflow experiment '{name}' at {tracking_uri()}"
+        ctx["empty"] = (f"no runs in {where} match the filters ({filters})" if exp and filters != "none" else
+                        f"no runs in {where}" if exp else f"no {where}") + ": run `dvc repro` first"
+    else:
+        ctx["detections"], ctx["no_detections"] = detection_images(client, ctx["best"], assets)
+    blocks = build_blocks(ctx)
+    (out / "report.md").write_text(render_markdown(ctx["title"], blocks, out))
+    (out / "report.html").write_text(render_html(ctx["title"], blocks))
+    if not rows:
+        console.print(ctx["empty"])
+    console.print(f"report of {len(rows)} runs: {(out / 'report.html').resolve()} (self-contained, open it in "
+                  f"a browser) and {(out / 'report.md').resolve()}")
     return out / "report.html"

@@ -1,60 +1,62 @@
-"""Rendering the report context as Markdown (images beside it) and as one self-contained HTML file."""
+"""Rendering the report blocks (report_sections.py) as Markdown with images beside it, and as one
+self-contained HTML file: inline CSS, images as base64 data URIs, no script, no external resource."""
 from __future__ import annotations
 
 import base64
 import html
 import os
+import re
 from pathlib import Path
 
-COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-MISSING = "—"
-HEAD = ["run", "backbone", "lr", "epochs", *COLUMNS, "train s", "ms/img", "status"]
+from .report_sections import MISSING
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2rem auto;color:#222;max-width:1200px;padding:0 1rem}
+h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:.5rem 0}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.best{background:#dff3e4;font-weight:bold}
+tr.failed{color:#b02a2a}td.missing{color:#999;text-align:center}img{max-width:100%;border:1px solid #ddd}
+code{background:#f4f4f4;padding:1px 4px;font-size:12px}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px}
+dt{font-weight:bold}dd{margin:0}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:10px}
+.grid img{width:100%;image-rendering:pixelated}figure{margin:0}figcaption{font-size:12px;color:#555}li{margin:4px 0}"""
 
 
-def _num(v, digits=3):
-    return MISSING if v is None else f"{v:.{digits}f}"
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
 
 
-def _cells(r) -> list[str]:
-    return [r.name, r.params.get("model.backbone", MISSING), r.params.get("train.lr", MISSING),
-            r.params.get("train.epochs", MISSING), *(_num(r.get(c)) for c in COLUMNS),
-            _num(r.metrics.get("train_summary/train_seconds"), 0), _num(r.get("ms_per_image"), 1), r.status]
-
-
-def _delta(r, base, metric) -> str:
-    if base is None or r.get(metric) is None or base.get(metric) is None:
-        return MISSING
-    return f"{r.get(metric) - base.get(metric):+.3f}"
-
-
-def render_markdown(ctx: dict, out: Path) -> str:
+def render_markdown(title: str, blocks: list[dict], out: Path) -> str:
+    """Markdown; images are referenced relative to the report's folder."""
     rel = lambda p: os.path.relpath(p, out)
-    lines = [f"# {ctx['title']}", ""] + [f"- **{k}**: {v}" for k, v in ctx["header"].items()] + [""]
-    if ctx["empty_reason"]:
-        return "\n".join(lines + [ctx["empty_reason"], ""])
-    lines += ["## Leaderboard", "", "| " + " | ".join(HEAD + [f"Δ{ctx['sort_by']} vs baseline"]) + " |",
-              "|" + "---|" * (len(HEAD) + 1)]
-    for i, r in enumerate(ctx["rows"]):
-        cells = _cells(r)
-        if i == 0 and r.get(ctx["sort_by"]) is not None:
-            cells = [f"**{c}**" for c in cells]
-        lines.append("| " + " | ".join(cells + [_delta(r, ctx["baseline"], ctx["sort_by"])]) + " |")
-    if ctx["baseline"] is not None:
-        lines += ["", f"Baseline: {ctx['baseline'].name} ({ctx['baseline'].run_id})."]
-    for title, key in (("Curves of the top runs", "curves"), ("Per-class AP50", "per_class")):
-        if ctx[key]:
-            lines += ["", f"## {title}", "", f"![{title}]({rel(ctx[key])})"]
-    lines += ["", "## Tuning", ""]
-    if not ctx["tuning"]:
-        lines.append("No tuning study recorded (`fcos-exp tune`).")
-    else:
-        for s in ctx["tuning"]["studies"]:
-            lines.append(f"- study **{s['name']}**: trials {s['counts']}; best {_num(s['best_value'], 4)} with {s['best_params']}")
-            lines += [f"  ![{f.stem}]({rel(f)})" for f in s["figures"]]
-    if ctx["detections"]:
-        lines += ["", "## Detections of the best run", ""] + [f"![detections]({rel(p)})" for p in ctx["detections"]]
-    lines += ["", "## Reproduce", ""] + [f"- {r.name}: `{ctx['commands'][r.run_id]}`" for r in ctx["rows"]]
-    return "\n".join(lines) + "\n"
+    lines = [f"# {title}", ""]
+    for b in blocks:
+        kind = b["kind"]
+        if kind == "header":
+            lines += [f"- **{k}**: {v}" for k, v in b["items"].items()]
+        elif kind == "h2":
+            lines.append(f"## {b['text']}")
+        elif kind == "p":
+            lines.append(b["text"])
+        elif kind == "table":
+            lines += ["| " + " | ".join(map(_md_cell, b["head"])) + " |", "|" + "---|" * len(b["head"])]
+            for row, cls in zip(b["rows"], b["classes"]):
+                cells = [_md_cell(c) if cls != "best" or c == MISSING else f"**{_md_cell(c)}**" for c in row]
+                lines.append("| " + " | ".join(cells) + " |")
+        elif kind == "img":
+            lines.append(f"![{b['alt']}]({rel(b['path'])})")
+        elif kind == "grid":
+            lines.append(" ".join(f"![{caption}]({rel(p)})" for p, caption in b["images"]))
+        elif kind == "commands":
+            lines += [f"- {name}: " + (f"`{cmd}`" if cmd else f"{MISSING} (no params logged)")
+                      for name, cmd in b["items"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _text(text: str) -> str:
+    """Escaped text with `code` spans."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
 
 
 def _img(path: Path, alt: str) -> str:
@@ -62,44 +64,36 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
-table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-td:first-child,th:first-child{text-align:left}tr.best{background:#e6f4ea;font-weight:bold}
-tr.failed{color:#a33}img{max-width:100%;border:1px solid #ddd;margin:6px 0}code{background:#f4f4f4;padding:2px 4px}
-.missing{color:#999}dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px}dt{font-weight:bold}"""
+def _table(b: dict) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in b["head"])
+    body = "".join(f"<tr class='{cls}'>" + "".join("<td class='missing'>—</td>" if c == MISSING else
+                                                    f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row, cls in zip(b["rows"], b["classes"]))
+    return f"<table id='{b['id']}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(ctx: dict) -> str:
+def render_html(title: str, blocks: list[dict]) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(ctx['title'])}</title>"
-             f"<style>{CSS}</style></head><body><h1>{e(ctx['title'])}</h1><dl>"]
-    parts += [f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in ctx["header"].items()] + ["</dl>"]
-    if ctx["empty_reason"]:
-        parts.append(f"<p id='empty'>{e(ctx['empty_reason'])}</p></body></html>")
-        return "".join(parts)
-    parts.append("<h2>Leaderboard</h2><table id='leaderboard'><tr>"
-                 + "".join(f"<th>{e(h)}</th>" for h in HEAD + [f"Δ{ctx['sort_by']} vs baseline"]) + "</tr>")
-    for i, r in enumerate(ctx["rows"]):
-        cls = "best" if i == 0 and r.get(ctx["sort_by"]) is not None else ("failed" if r.status != "FINISHED" else "")
-        cells = _cells(r) + [_delta(r, ctx["baseline"], ctx["sort_by"])]
-        parts.append(f"<tr class='{cls}' data-run='{r.run_id}'>" + "".join(
-            f"<td class='missing'>{MISSING}</td>" if c == MISSING else f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
-    parts.append("</table>")
-    if ctx["baseline"] is not None:
-        parts.append(f"<p>Baseline: {e(ctx['baseline'].name)} ({e(ctx['baseline'].run_id)}).</p>")
-    for title, key in (("Curves of the top runs", "curves"), ("Per-class AP50", "per_class")):
-        if ctx[key]:
-            parts.append(f"<h2>{title}</h2>{_img(ctx[key], title)}")
-    parts.append("<h2>Tuning</h2>")
-    if not ctx["tuning"]:
-        parts.append("<p>No tuning study recorded (<code>fcos-exp tune</code>).</p>")
-    else:
-        for s in ctx["tuning"]["studies"]:
-            parts.append(f"<p>Study <b>{e(str(s['name']))}</b>: trials {e(str(s['counts']))}; best "
-                         f"{_num(s['best_value'], 4)} with {e(str(s['best_params']))}</p>")
-            parts += [_img(f, f.stem) for f in s["figures"]]
-    if ctx["detections"]:
-        parts.append("<h2>Detections of the best run</h2>" + "".join(_img(p, "detections") for p in ctx["detections"]))
-    parts.append("<h2>Reproduce</h2><ul>" + "".join(
-        f"<li>{e(r.name)}: <code>{e(ctx['commands'][r.run_id])}</code></li>" for r in ctx["rows"]) + "</ul>")
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>"]
+    for b in blocks:
+        kind = b["kind"]
+        if kind == "header":
+            parts.append("<dl id='header'>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>"
+                                                      for k, v in b["items"].items()) + "</dl>")
+        elif kind == "h2":
+            parts.append(f"<h2>{e(b['text'])}</h2>")
+        elif kind == "p":
+            parts.append(f"<p{' id=' + repr(b['id']) if 'id' in b else ''}>{_text(b['text'])}</p>")
+        elif kind == "table":
+            parts.append(_table(b))
+        elif kind == "img":
+            parts.append(_img(b["path"], b["alt"]))
+        elif kind == "grid":
+            parts.append("<div class='grid'>" + "".join(f"<figure>{_img(p, c)}<figcaption>{e(c)}</figcaption></figure>"
+                                                        for p, c in b["images"]) + "</div>")
+        elif kind == "commands":
+            parts.append("<ul id='reproduce'>" + "".join(
+                f"<li>{e(name)}: " + (f"<code>{e(cmd)}</code>" if cmd else f"{MISSING} (no params logged)") + "</li>"
+                for name, cmd in b["items"]) + "</ul>")
     return "".join(parts) + "</body></html>"
