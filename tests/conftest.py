@@ -80,3 +80,25 @@ def run_cli(*args: str):
     from pipeline.cli import app
 
     return CliRunner().invoke(app, list(args))
+
+
+def git_project(dst: Path, params: dict) -> Path:
+    """The project's files as in the working tree (tracked and new; no pipeline outputs), with `params`
+    as params.yaml, committed to a fresh git repository at dst."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/")) and f != "dvc.lock":
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=dst, check=True)
+    return dst

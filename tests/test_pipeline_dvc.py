@@ -1,13 +1,12 @@
 """The whole DVC pipeline in a temporary git repository: files, plots, MLflow run, no-op rerun, determinism."""
 import json
 import os
-import shutil
 import subprocess
 
 import mlflow
 import pytest
 import yaml
-from conftest import ROOT, tiny_params
+from conftest import git_project, tiny_params
 
 TIMINGS = {"inference_seconds", "model_seconds", "data_seconds", "metric_seconds", "ms_per_image"}
 
@@ -21,19 +20,7 @@ def sh(*cmd, cwd, check=True):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """The project's files (tracked and new, as in the working tree) committed to a fresh git repo."""
-    dst = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/")) and f != "dvc.lock":
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
-    (dst / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    sh("git", "init", "-q", cwd=dst)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=dst)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=dst)
-    return dst
+    return git_project(tmp_path_factory.mktemp("repo"), tiny_params())
 
 
 def eval_json(repo):

@@ -83,22 +83,10 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, data, reference,
 @pytest.mark.slow
 def test_interrupted_dvc_repro_finishes_when_run_again(tmp_path, tracking_uri):
     """SIGINT (Ctrl-C) and SIGKILL of `dvc repro` during training; running it again completes."""
-    import shutil
-
     import yaml
-    from conftest import ROOT, tiny_params
+    from conftest import git_project, tiny_params
 
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/")) and f != "dvc.lock":
-            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, tmp_path / f)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(train={"epochs": 30}), sort_keys=False))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], cwd=tmp_path, check=True)
+    git_project(tmp_path, tiny_params(train={"epochs": 30}))
     for sig in (signal.SIGINT, signal.SIGKILL):
         p = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
