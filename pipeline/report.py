@@ -5,6 +5,7 @@ report_tuning.py reads the Optuna study, report_figures.py draws, report_html.py
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shlex
 import shutil
 import subprocess
@@ -158,6 +159,7 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
         status: str | None = None, last: int | None = None, sort_by: str = "AP50", baseline: str | None = None,
         out: Path = Path("reports"), storage: str | None = None, study_name: str | None = None) -> Path:
     """Build the report; zero matching runs give a report (and a message) saying so, not an error."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep stderr to the final lines
     from mlflow import MlflowClient
 
     from .report_html import render_html, render_markdown

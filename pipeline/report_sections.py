@@ -47,7 +47,8 @@ def deltas(ctx: dict) -> list[dict]:
 
 def figures(ctx: dict) -> list[dict]:
     top, assets = ctx["top"], ctx["assets"]
-    blocks = [{"kind": "h2", "text": f"Curves of the top {len(top)} runs"}]
+    title = "Curves of the best run" if len(top) == 1 else f"Curves of the top {len(top)} runs"
+    blocks = [{"kind": "h2", "text": title}]
     curves = curves_figure(top, ctx["val_metric"], assets / "curves.png") if top else None
     blocks.append({"kind": "img", "path": curves, "alt": "training loss and validation curves"} if curves else
                   {"kind": "p", "text": "No run with test metrics has recorded curves."})

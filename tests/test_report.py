@@ -64,7 +64,7 @@ def reported(tmp_path_factory, tracking_uri):
         r = run_cli("report", "--sort-by", "AP50")
         assert r.exit_code == 0, r.stderr
         assert str(project / "reports/report.html") in r.stderr.replace("\n", "")
-        yield project, client, exp
+        return project, client, exp
     finally:
         os.chdir(old)
 
@@ -137,8 +137,9 @@ def test_tuning_section_reads_the_study_and_its_mlflow_runs(reported):
 
 
 @pytest.mark.slow
-def test_options_filter_and_pick_the_baseline(reported):
+def test_options_filter_and_pick_the_baseline(reported, monkeypatch):
     project, client, exp = reported
+    monkeypatch.chdir(project)
     runs = pipeline_runs(client, exp)
     b = runs[1]
     r = run_cli("report", "--filter-tag", "seed=1", "--baseline", b.info.run_id[:10], "--out", "by_seed")
@@ -234,3 +235,26 @@ def test_bad_options_are_one_line(project, args, message):
     r = run_cli("report", *args)
     lines = r.stderr.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_reproduce_command_diffs_against_the_runs_commit(tmp_path, monkeypatch):
+    """-S lists the logged params that differ from params.yaml at the run's commit, quoted for the shell."""
+    from pipeline.report import Row, reproduce_command
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.003\n  milestones: [0.67, 0.89]\ndata:\n  classes: null\n")
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], check=True,
+                                    capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    git("add", "params.yaml")
+    git("commit", "-qm", "params")
+    commit = git("rev-parse", "HEAD")
+    current = {"train.lr": 0.1, "train.milestones": [0.67, 0.89], "data.classes": None}   # edited since
+    row = Row("id", "run", "FINISHED", {"train.lr": "0.003", "train.milestones": "[0.5, 0.9]", "data.classes": "None"},
+              {"git_commit": commit}, {}, 0)
+    assert reproduce_command(row, current, {}) == \
+        f"git checkout {commit[:12]} && dvc exp run -S 'train.milestones=[0.5, 0.9]'"
+    row.tags["git_commit"] = "0" * 40                     # a commit this repository does not have: diff against now
+    assert reproduce_command(row, current, {}) == \
+        "git checkout 000000000000 && dvc exp run -S train.lr=0.003 -S 'train.milestones=[0.5, 0.9]'"
