@@ -93,7 +93,8 @@ class Tracker:
         self.client = MlflowClient(tracking_uri())
         saved = _read_run_file()
         if self.new_run or not saved:
-            name = os.environ.get("DVC_EXP_NAME") or None
+            # A name of our own: MLflow's random names repeat when `random` was seeded (train seeds first).
+            name = os.environ.get("DVC_EXP_NAME") or time.strftime("run-%Y%m%d-%H%M%S")
             try:
                 exp_id = _experiment_id(self.client, self.experiment)
                 self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
