@@ -46,41 +46,37 @@ def _setup(params_path: Path):
     return load_params(params_path), stderr_console()
 
 
+def _run_stage(name: str, params_path: Path, *args, **kwargs):
+    """Load and validate the params, then run pipeline/stages/<name>.py, turning bad input into one line."""
+    import importlib
+    with _user_errors():
+        p, console = _setup(params_path)
+        return importlib.import_module(f"{__package__}.stages.{name}").run(p, console, *args, **kwargs)
+
+
 @app.command()
 def prepare(params: ParamsOpt = Path("params.yaml")):
     """Generate or read the dataset, check the annotations, write COCO json per split (data/prepared/)."""
-    with _user_errors():
-        p, console = _setup(params)
-        from .stages import prepare as stage
-        stage.run(p, console)
+    _run_stage("prepare", params)
 
 
 @app.command()
 def train(params: ParamsOpt = Path("params.yaml"),
           resume: Annotated[bool, typer.Option(help="Continue from models/model.pt.")] = False):
     """Train the detector (models/model.pt, metrics/train.json, plots/train_steps.csv). DDP under torchrun."""
-    with _user_errors():
-        p, console = _setup(params)
-        from .stages import train as stage
-        stage.run(p, console, resume=resume)
+    _run_stage("train", params, resume=resume)
 
 
 @app.command()
 def evaluate(params: ParamsOpt = Path("params.yaml")):
     """COCO mAP of the trained model on the test split (metrics/eval.json)."""
-    with _user_errors():
-        p, console = _setup(params)
-        from .stages import evaluate as stage
-        stage.run(p, console)
+    _run_stage("evaluate", params)
 
 
 @app.command()
 def visualize(params: ParamsOpt = Path("params.yaml")):
     """Training curves, per-class AP and detection images (plots/)."""
-    with _user_errors():
-        p, console = _setup(params)
-        from .stages import visualize as stage
-        stage.run(p, console)
+    _run_stage("visualize", params)
 
 
 @app.command()
@@ -89,10 +85,7 @@ def predict(inputs: Annotated[list[Path], typer.Argument(help="Image files or fo
             score_thresh: Annotated[Optional[float], typer.Option(help="Minimum score drawn and written.")] = None,
             params: ParamsOpt = Path("params.yaml")):
     """Detect objects in images: annotated PNGs and detections.json in --out."""
-    with _user_errors():
-        p, console = _setup(params)
-        from .stages import predict as stage
-        stage.run(p, console, inputs, out, score_thresh)
+    _run_stage("predict", params, inputs, out, score_thresh)
 
 
 @app.command()

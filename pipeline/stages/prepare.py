@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 PREPARED = Path("data/prepared")
 
 
@@ -17,12 +19,10 @@ def _records(params: dict, report):
         c = d["coco"]
         missing = [k for k in ("train_ann", "test_ann") if not c[k]]
         if missing:
-            from ..errors import UserError
             raise UserError(f"params: data.coco.{missing[0]} must name a COCO instances json for format coco")
         train, classes, cat_ids = read_coco(c["train_ann"], c["train_images"], report, check_images=True)
         test, test_classes, _ = read_coco(c["test_ann"], c["test_images"], report, check_images=True)
         if test_classes != classes:
-            from ..errors import UserError
             raise UserError(f"{c['test_ann']}: categories differ from {c['train_ann']}")
         return train, test, classes, cat_ids
     if d["format"] == "shapes":
