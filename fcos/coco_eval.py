@@ -1,6 +1,9 @@
 """COCO-style box evaluation with faster-coco-eval (default) or pycocotools: the same 12 stats."""
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ def load_gt(gt: dict | str | Path, backend: str = "faster"):
         return COCO(str(gt))
     coco = COCO()
     coco.dataset = {k: v for k, v in gt.items() if k in ("images", "annotations", "categories", "info")}
-    coco.createIndex()
+    _quiet(coco.createIndex)
     return coco
 
 
@@ -35,6 +38,24 @@ def coco_evaluate(gt, detections: np.ndarray, backend: str = "faster") -> dict:
 
     Returns the 12 stats as fractions (None where the ground truth has no such object, COCO's -1),
     per_class_AP and per_class_AP50 keyed by category name."""
+    with _gc_paused():
+        return _evaluate(gt, np.asarray(detections, dtype=np.float64), backend)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Python's cyclic GC rescans the millions of young dicts, lists and floats the COCO APIs build (none
+    in a cycle) again and again: pausing it makes the evaluation ~2x faster on 300k detections."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _evaluate(gt, detections: np.ndarray, backend: str) -> dict:
     COCO, COCOeval = _apis(backend)
     coco_gt = gt if hasattr(gt, "getCatIds") else load_gt(gt, backend)
     cat_ids = sorted(coco_gt.getCatIds())
@@ -43,7 +64,7 @@ def coco_evaluate(gt, detections: np.ndarray, backend: str = "faster") -> dict:
         zero = {n: 0.0 for n in STAT_NAMES}
         return {**zero, "per_class_AP": {names[c]: 0.0 for c in cat_ids},
                 "per_class_AP50": {names[c]: 0.0 for c in cat_ids}}
-    coco_dt = coco_gt.loadRes(np.asarray(detections, dtype=np.float64))
+    coco_dt = _results(coco_gt, COCO, detections)
     ev = COCOeval(coco_gt, coco_dt, "bbox")
     ev.evaluate()
     ev.accumulate()
@@ -59,10 +80,27 @@ def coco_evaluate(gt, detections: np.ndarray, backend: str = "faster") -> dict:
     return {**stats, "per_class_AP": per_ap, "per_class_AP50": per_ap50}
 
 
+def _results(coco_gt, COCO, det: np.ndarray):
+    """The detections as a COCO results object, built in one pass.
+
+    Not `coco_gt.loadRes`: both libraries convert the array element by element and add a polygon per box
+    that box evaluation never reads; that took 45% of the whole evaluation on 300k detections. The
+    fields (bbox, score, area = w * h, iscrowd 0, ids from 1) are those loadRes sets for boxes."""
+    if det.ndim != 2 or det.shape[1] != 7:
+        raise ValueError(f"detections must be an array [N, 7], got shape {det.shape}")
+    unknown = np.setdiff1d(det[:, 0].astype(np.int64), np.asarray(coco_gt.getImgIds(), dtype=np.int64))
+    if len(unknown):
+        raise ValueError(f"detections name image ids absent from the ground truth: {unknown[:5].tolist()}")
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
+                       "annotations": [{"id": i, "image_id": int(r[0]), "bbox": r[1:5], "score": r[5],
+                                        "category_id": int(r[6]), "area": r[3] * r[4], "iscrowd": 0}
+                                       for i, r in enumerate(det.tolist(), 1)]}
+    _quiet(coco_dt.createIndex)
+    return coco_dt
+
+
 def _quiet(fn) -> None:
     """pycocotools prints its summary table; the caller prints its own."""
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
         fn()

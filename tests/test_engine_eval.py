@@ -45,6 +45,30 @@ def test_faster_coco_eval_agrees_with_pycocotools(voc_sample, tmp_path):
         assert fast["per_class_AP"][c] == pytest.approx(ref["per_class_AP"][c], abs=1e-6)
 
 
+def test_results_built_without_loadres_match_plain_pycocotools(voc_sample, tmp_path, capsys):
+    """coco_evaluate builds the results object itself; pycocotools run the documented way must agree."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    ds = VOCDataset(voc_sample, "trainval")
+    gt = write_coco_gt(ds, tmp_path / "gt.json")
+    dets = noisy_detections(gt, seed=1)
+    coco_gt = COCO(str(gt))
+    ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    capsys.readouterr()
+    ours = coco_evaluate(gt, dets, "faster")
+    assert capsys.readouterr().out == ""          # no library chatter on stdout
+    assert [ours[n] for n in STAT_NAMES] == pytest.approx(list(ev.stats), abs=1e-9)
+
+
+def test_detections_on_unknown_images_are_refused(voc_sample, tmp_path):
+    gt = write_coco_gt(VOCDataset(voc_sample, "test"), tmp_path / "gt.json")
+    with pytest.raises(ValueError, match="absent from the ground truth: \\[987654\\]"):
+        coco_evaluate(gt, np.array([[987654, 1, 1, 5, 5, 0.9, 1]]))
+
+
 def test_no_detections_scores_zero(voc_sample, tmp_path):
     ds = VOCDataset(voc_sample, "test")
     m = coco_evaluate(write_coco_gt(ds, tmp_path / "gt.json"), np.zeros((0, 7)))
