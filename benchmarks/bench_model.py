@@ -1,5 +1,7 @@
 """fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
-training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s.
+training step and batch-1 inference (the model as trained, and `fcos.fuse.for_inference`: BatchNorm
+folded + channels_last, what the evaluate/visualize/predict stages run), interleaved in one run; ratios and
+achieved GFLOP/s.
 
     python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5]
 """
@@ -15,6 +17,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from common import flops, interleave, matmul_peak_gflops, median
 from fcos import FCOS
+from fcos.fuse import for_inference
 
 
 def build(size: int, classes: int = 20):
@@ -68,7 +71,8 @@ def main():
 
     ours.eval(), theirs.eval()
     one = images[:1]
-    infer = {"fcos-exp": lambda: ours(one), "torchvision": lambda: theirs(one)}
+    fast = for_inference(ours)
+    infer = {"fcos-exp": lambda: ours(one), "fcos-exp-fused": lambda: fast(one), "torchvision": lambda: theirs(one)}
     with torch.inference_mode():
         infer_flops = {name: flops(fn) for name, fn in infer.items()}
         ti = interleave(infer, args.rounds * 2)
@@ -81,7 +85,8 @@ def main():
             m = median(times[name])
             print(f"  {name:12s} {m * 1000:8.1f} ms  {n / m:6.2f} img/s  {fl[name] / m / 1e9:6.1f} GFLOP/s "
                   f"({fl[name] / m / 1e9 / peak:.0%} of peak)")
-        print(f"  speed ratio fcos-exp / torchvision: {median(times['torchvision']) / median(times['fcos-exp']):.2f}x")
+        for name in (n for n in times if n != "torchvision"):
+            print(f"  speed ratio {name} / torchvision: {median(times['torchvision']) / median(times[name]):.2f}x")
 
 
 if __name__ == "__main__":

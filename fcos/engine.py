@@ -6,9 +6,11 @@ Progress leaves through `fcos.callbacks.Callback`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -71,8 +73,19 @@ def _set_rng_state(state: dict) -> None:
 
 def _autocast(device: torch.device, amp: str):
     """fp16 or bf16 on CUDA; bf16 on CPU too (about 2x faster on CPUs with AVX512-BF16 or AMX)."""
+    if amp == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
+        warnings.warn("amp bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX) is emulated and about 10x "
+                      "slower than float32: set train.amp to none", stacklevel=2)
     enabled = amp == "bf16" or (device.type == "cuda" and amp == "fp16")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16, enabled=enabled)
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):   # a private oneDNN query: assume support if it is gone
+        return True
 
 
 def _to_device(images, targets, device):

@@ -53,7 +53,8 @@ SCHEMA: dict[str, Any] = {
         "eval_difficult": _type(bool),
         "coco": {k: _type(str, optional=True) for k in ("train_ann", "train_images", "test_ann", "test_images")},
         "shapes": {"seed": _num(0, integer=True), "num_trainval": _num(2, integer=True),
-                   "num_test": _num(1, integer=True), "image_size": _num(32, 4096, integer=True)},
+                   "num_test": _num(1, integer=True), "image_size": _num(32, 4096, integer=True),
+                   "min_radius": _num(0.01, 0.5), "colours": _choice("class", "random")},
         "val_fraction": _num(0, 0.9), "strict": _type(bool), "num_workers": _num(0, 64, integer=True),
     },
     "model": {

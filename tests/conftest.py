@@ -41,8 +41,7 @@ def tiny_params(**overrides) -> dict:
     p["data"]["shapes"].update(num_trainval=14, num_test=4, image_size=96)
     p["data"]["val_fraction"] = 0.15
     p["model"].update(fpn_channels=16, gn_groups=8, head_convs=1, min_size=64, max_size=96)
-    # float32: bit-reproducible on CPU (the default bf16 is faster but not), and no bf16 overflow on tiny maps
-    p["train"].update(epochs=1, batch_size=4, warmup_epochs=0.5, amp="none")
+    p["train"].update(epochs=1, batch_size=4, warmup_epochs=0.5, amp="none")   # float32: bit-reproducible
     p["eval"]["batch_size"] = 4
     p["visualize"]["num_images"] = 2
     p["tracking"]["experiment"] = "tests"

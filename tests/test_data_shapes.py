@@ -59,3 +59,31 @@ def test_properties_of_a_real_detection_problem(tmp_path):
     matched, _ = assign_targets(points, strides, crit.lo[levels], crit.hi[levels], boxes_t, valid, 1.5)
     per_level = torch.bincount(levels.expand_as(matched)[matched >= 0], minlength=5)
     assert (per_level[:3] > 0).all(), per_level           # P3, P4 and P5 all receive positives
+
+
+def test_class_colours_change_pixels_not_the_layout(tmp_path):
+    import colorsys
+    from PIL import Image
+    a = generate_shapes(tmp_path / "a", seed=3, num_trainval=30, num_test=2, image_size=96, colours="class")
+    b = generate_shapes(tmp_path / "b", seed=3, num_trainval=30, num_test=2, image_size=96, colours="random")
+    ra, rb = VOCDataset(a, "trainval").records, VOCDataset(b, "trainval").records
+    assert all(np.array_equal(x.boxes, y.boxes) and np.array_equal(x.labels, y.labels) for x, y in zip(ra, rb))
+    assert digest(a / "JPEGImages") != digest(b / "JPEGImages")
+    # With class colours, the hue at the centre of a small unoccluded object is its class's hue (+-0.04).
+    hits = total = 0
+    for r in ra:
+        img = np.asarray(Image.open(r.file).convert("RGB"), dtype=np.float64) / 255
+        for (x1, y1, x2, y2), label in zip(r.boxes, r.labels):
+            if SHAPES_CLASSES[label] in ("ring", "cross", "star", "triangle"):
+                continue                                   # the centre may be a hole or an edge
+            hue = colorsys.rgb_to_hsv(*img[int((y1 + y2) / 2), int((x1 + x2) / 2)])[0]
+            want = label / len(SHAPES_CLASSES)
+            total += 1
+            hits += min(abs(hue - want), 1 - abs(hue - want)) < 0.08
+    assert total >= 15 and hits / total > 0.7
+
+
+def test_unknown_colour_mode_is_refused(tmp_path):
+    import pytest
+    with pytest.raises(ValueError, match="colours must be"):
+        generate_shapes(tmp_path, num_trainval=1, num_test=1, colours="rainbow")

@@ -1,14 +1,17 @@
 """The embedded default dataset: shapes on noisy backgrounds, generated deterministically in VOC layout.
 
-Six classes told apart by shape only (colours are drawn independently of the class; shapes stand upright
-within +-17 degrees), sizes from ~9% of the image to all of it so that P3-P5 all receive positives at the
-native size, several objects per image with overlap
+Six classes, each with its own hue (jittered, random saturation and brightness) by default, as real
+object classes have typical colours, so that a CPU run learns the classes within minutes; `colours="random"`
+makes shape the only cue (a much harder task). Shapes stand upright within +-17 degrees; sizes from
+`min_radius` (a fraction of the image side) to all of the image, so that P3-P5 all receive positives at the
+native size; several objects per image with overlap
 (occlusion capped at half an object), objects cut by the border (`truncated` 1), gradient + noise +
 clutter backgrounds and some images with no object. PNG files and hand-written XML: the same seed gives
 the same bytes on every machine.
 """
 from __future__ import annotations
 
+import colorsys
 import math
 from pathlib import Path
 
@@ -73,7 +76,21 @@ def _xml(stem: str, size: int, objects: list[tuple[str, list[int], int]]) -> str
     return "".join(parts) + "</annotation>\n"
 
 
-def _image(rng: np.random.Generator, size: int, empty_prob: float) -> tuple[np.ndarray, list]:
+def _colour(rng: np.random.Generator, kind: str, colours: str, under: np.ndarray) -> np.ndarray:
+    """An RGB colour for a shape of class `kind` that stands out from `under` (the mean colour below it)."""
+    if colours == "random":
+        colour = rng.uniform(0, 255, 3)
+        return 255 - colour if np.abs(under - colour).sum() < 120 else colour
+    hue = (SHAPES_CLASSES.index(kind) / len(SHAPES_CLASSES) + rng.uniform(-0.04, 0.04)) % 1.0
+    sat, val = rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0)
+    colour = np.array(colorsys.hsv_to_rgb(hue, sat, val)) * 255
+    if np.abs(under - colour).sum() < 120:   # too close to what is under it: same hue, other brightness
+        colour = np.array(colorsys.hsv_to_rgb(hue, sat, 0.3 if val > 0.75 else 1.0)) * 255
+    return colour
+
+
+def _image(rng: np.random.Generator, size: int, empty_prob: float, min_radius: float,
+           colours: str) -> tuple[np.ndarray, list]:
     img = _background(rng, size)
     n = 0 if rng.random() < empty_prob else int(rng.integers(1, 7))
     owner = np.full((size, size), -1)            # which object each pixel shows
@@ -82,7 +99,7 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float) -> tuple[np.n
         if len(masks) == n:
             break
         kind = SHAPES_CLASSES[int(rng.integers(len(SHAPES_CLASSES)))]
-        r = math.exp(rng.uniform(math.log(size * 0.045), math.log(size * 0.55)))
+        r = math.exp(rng.uniform(math.log(size * min_radius), math.log(size * 0.55)))
         cx, cy = rng.uniform(-0.2 * r, size + 0.2 * r), rng.uniform(-0.2 * r, size + 0.2 * r)
         m = _mask(kind, size, cx, cy, r, rng.uniform(-0.3, 0.3))   # upright, as objects in photos mostly are
         full_area = math.pi * r * r * 0.35       # lower bound of any shape's area at this radius
@@ -91,9 +108,7 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float) -> tuple[np.n
         covered = [int((m & (owner == j)).sum()) for j in range(len(masks))]
         if any(c > 0.5 * masks[j].sum() for j, c in enumerate(covered)):   # would hide half an object
             continue
-        colour = rng.uniform(0, 255, 3)
-        if np.abs(img[m].mean(0) - colour).sum() < 120:                    # too close to what is under it
-            colour = 255 - colour
+        colour = _colour(rng, kind, colours, img[m].mean(0))
         img[m] = colour * rng.uniform(0.85, 1.0)
         owner[m] = len(masks)
         masks.append(m)
@@ -109,16 +124,22 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float) -> tuple[np.n
 
 
 def generate_shapes(out_dir: str | Path, seed: int = 0, num_trainval: int = 480, num_test: int = 120,
-                    image_size: int = 256, empty_prob: float = 0.06) -> Path:
+                    image_size: int = 256, empty_prob: float = 0.06, min_radius: float = 0.045,
+                    colours: str = "class") -> Path:
     """Write VOCdevkit/VOC2007 (JPEGImages/*.png, Annotations/*.xml, ImageSets/Main/{trainval,test}.txt,
-    classes.txt) under out_dir and return the VOC2007 folder. Deterministic in every byte."""
+    classes.txt) under out_dir and return the VOC2007 folder. Deterministic in every byte.
+
+    min_radius: the smallest shape's circumradius as a fraction of image_size; colours: "class" (a hue per
+    class) or "random" (shape is the only cue)."""
+    if colours not in ("class", "random"):
+        raise ValueError(f"colours must be 'class' or 'random', got {colours!r}")
     root = Path(out_dir) / "VOCdevkit" / "VOC2007"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     stems = [f"{i:06d}" for i in range(1, num_trainval + num_test + 1)]
     for i, stem in enumerate(stems):
         rng = np.random.Generator(np.random.PCG64([seed, i]))   # one stream per image
-        img, objects = _image(rng, image_size, empty_prob)
+        img, objects = _image(rng, image_size, empty_prob, min_radius, colours)
         Image.fromarray(img).save(root / "JPEGImages" / f"{stem}.png", optimize=False, compress_level=6)
         (root / "Annotations" / f"{stem}.xml").write_text(_xml(stem, image_size, objects))
     (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(stems[:num_trainval]) + "\n")

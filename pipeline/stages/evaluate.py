@@ -20,10 +20,13 @@ STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs
 
 
 def load_trained(device):
+    """The trained model made for inference (BatchNorm folded, channels_last) and its class names."""
     from fcos.checkpoint import load_model
+    from fcos.fuse import for_inference
     if not MODEL.is_file():
         raise UserError(f"{MODEL}: not found; run `fcos-exp train` (or `dvc repro`) first")
-    return load_model(MODEL, device)
+    model, classes = load_model(MODEL, device)
+    return for_inference(model), classes
 
 
 def map_table(metrics: dict, title: str = "COCO bbox metrics (test split)") -> Table:

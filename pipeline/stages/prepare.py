@@ -28,7 +28,8 @@ def _records(params: dict, report):
     if d["format"] == "shapes":
         s = d["shapes"]
         root = generate_shapes(PREPARED / "shapes", seed=s["seed"], num_trainval=s["num_trainval"],
-                               num_test=s["num_test"], image_size=s["image_size"])
+                               num_test=s["num_test"], image_size=s["image_size"],
+                               min_radius=s["min_radius"], colours=s["colours"])
     else:
         root = Path(d["root"])
     train, classes = read_voc(root, d["train_split"], d["classes"], report, check_images=True)

@@ -1,0 +1,55 @@
+"""Inference speed-ups that keep the detections: BatchNorm folded into convolutions, channels_last memory.
+
+Measured on a 2-core CPU (benchmarks/bench_model.py, batch-1 inference): channels_last is what pays most
+(oneDNN runs NHWC convolutions without reordering), folding BatchNorm saves one pass over every backbone
+feature map; bf16 autocast and torch.compile did not pay at batch 1 there.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torchvision.ops import FrozenBatchNorm2d
+
+_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+
+
+def _norm_of(name: str) -> str:
+    """The BatchNorm that follows a convolution in torchvision's ResNets: conv1 -> bn1, downsample.0 -> .1."""
+    head, _, leaf = name.rpartition(".")
+    norm = f"bn{leaf[4:]}" if leaf.startswith("conv") else str(int(leaf) + 1) if leaf.isdigit() else ""
+    return f"{head}.{norm}" if head else norm
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every conv -> BatchNorm pair of `module` (eval statistics) into the convolution, in place, and
+    put an Identity where the norm was. Returns the number of pairs folded."""
+    if module.training:
+        raise ValueError("fold_batchnorm needs eval mode: training BatchNorm uses batch statistics")
+    modules = dict(module.named_modules())
+    folded = 0
+    for name, conv in modules.items():
+        norm = modules.get(_norm_of(name)) if isinstance(conv, nn.Conv2d) and name else None
+        if not isinstance(norm, _NORMS):
+            continue
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
+                                            norm.weight, norm.bias)
+        conv.weight, conv.bias = weight, bias
+        parent, _, leaf = _norm_of(name).rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, leaf, nn.Identity())
+        folded += 1
+    return folded
+
+
+@torch.no_grad()
+def for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """An eval-mode copy of an FCOS model made for inference: backbone BatchNorm folded into its
+    convolutions and, by default, weights in channels_last. Detections equal the original's up to float
+    rounding. The copy has no BatchNorm parameters: train and checkpoint the original."""
+    fast = copy.deepcopy(model).eval()   # .eval() again: deepcopy of an fx GraphModule comes back in train mode
+    fold_batchnorm(fast.backbone)
+    if channels_last:
+        fast.to(memory_format=torch.channels_last)
+    return fast
