@@ -69,7 +69,7 @@ def test_class_colours_change_pixels_not_the_layout(tmp_path):
     ra, rb = VOCDataset(a, "trainval").records, VOCDataset(b, "trainval").records
     assert all(np.array_equal(x.boxes, y.boxes) and np.array_equal(x.labels, y.labels) for x, y in zip(ra, rb))
     assert digest(a / "JPEGImages") != digest(b / "JPEGImages")
-    # With class colours, the hue at the centre of a small unoccluded object is its class's hue (+-0.04).
+    # With class colours, the hue at the centre of a small unoccluded object is its class's hue (+-0.03).
     hits = total = 0
     for r in ra:
         img = np.asarray(Image.open(r.file).convert("RGB"), dtype=np.float64) / 255

@@ -81,11 +81,11 @@ def _colour(rng: np.random.Generator, kind: str, colours: str, under: np.ndarray
     if colours == "random":
         colour = rng.uniform(0, 255, 3)
         return 255 - colour if np.abs(under - colour).sum() < 120 else colour
-    hue = (SHAPES_CLASSES.index(kind) / len(SHAPES_CLASSES) + rng.uniform(-0.04, 0.04)) % 1.0
-    sat, val = rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0)
+    hue = (SHAPES_CLASSES.index(kind) / len(SHAPES_CLASSES) + rng.uniform(-0.03, 0.03)) % 1.0
+    sat, val = rng.uniform(0.75, 1.0), rng.uniform(0.6, 1.0)
     colour = np.array(colorsys.hsv_to_rgb(hue, sat, val)) * 255
     if np.abs(under - colour).sum() < 120:   # too close to what is under it: same hue, other brightness
-        colour = np.array(colorsys.hsv_to_rgb(hue, sat, 0.3 if val > 0.75 else 1.0)) * 255
+        colour = np.array(colorsys.hsv_to_rgb(hue, sat, 0.35 if val > 0.8 else 1.0)) * 255
     return colour
 
 
