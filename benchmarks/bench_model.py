@@ -1,9 +1,10 @@
 """fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
 training step and batch-1 inference (the model as trained, and `fcos.fuse.for_inference`: BatchNorm
-folded + channels_last, what the evaluate/visualize/predict stages run), interleaved in one run; ratios and
+folded + channels_last, what the evaluate/visualize/predict stages run; with --compile also torch.compile),
+interleaved in one run; ratios and
 achieved GFLOP/s.
 
-    python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5]
+    python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5] [--compile]
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def main():
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="also time for_inference(compile=True)")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     peak = matmul_peak_gflops()
@@ -73,8 +75,14 @@ def main():
     one = images[:1]
     fast = for_inference(ours)
     infer = {"fcos-exp": lambda: ours(one), "fcos-exp-fused": lambda: fast(one), "torchvision": lambda: theirs(one)}
+    if args.compile:
+        compiled = for_inference(ours, compile=True)
+        with torch.inference_mode():
+            compiled(one)   # the compile (about a minute) stays out of the timing
+        infer["fcos-exp-compiled"] = lambda: compiled(one)
     with torch.inference_mode():
-        infer_flops = {name: flops(fn) for name, fn in infer.items()}
+        infer_flops = {name: flops(fn) for name, fn in infer.items() if name != "fcos-exp-compiled"}
+        infer_flops["fcos-exp-compiled"] = infer_flops["fcos-exp-fused"]   # the same convolutions
         ti = interleave(infer, args.rounds * 2)
 
     print(f"CPU threads {torch.get_num_threads()}, matmul peak {peak:.1f} GFLOP/s; input {args.size}px, "
@@ -83,7 +91,7 @@ def main():
         print(f"\n{title}")
         for name in times:
             m = median(times[name])
-            print(f"  {name:12s} {m * 1000:8.1f} ms  {n / m:6.2f} img/s  {fl[name] / m / 1e9:6.1f} GFLOP/s "
+            print(f"  {name:17s} {m * 1000:8.1f} ms  {n / m:6.2f} img/s  {fl[name] / m / 1e9:6.1f} GFLOP/s "
                   f"({fl[name] / m / 1e9 / peak:.0%} of peak)")
         for name in (n for n in times if n != "torchvision"):
             print(f"  speed ratio {name} / torchvision: {median(times['torchvision']) / median(times[name]):.2f}x")

@@ -52,3 +52,14 @@ def test_original_model_is_untouched_and_folding_needs_eval_mode():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(model.train().backbone)
+
+
+@pytest.mark.slow
+def test_compiled_inference_copy_gives_the_same_detections():
+    model = trained_stats_model()
+    images = [torch.rand(3, 96, 128)]
+    with torch.no_grad():
+        want = model(images)[0]
+        have = for_inference(model, compile=True)(images)[0]
+    torch.testing.assert_close(have["scores"][:20], want["scores"][:20], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(have["boxes"][:5], want["boxes"][:5], rtol=1e-4, atol=1e-3)
