@@ -50,7 +50,7 @@ def main():
     def plain_pycocotools():
         from pycocotools.cocoeval import COCOeval
         coco_gt = load_gt(gt, "pycocotools")
-        ev = COCOeval(coco_gt, _quiet_call(coco_gt.loadRes, dets), "bbox")
+        ev = COCOeval(coco_gt, _quiet(lambda: coco_gt.loadRes(dets)), "bbox")
         _quiet(ev.evaluate)
         _quiet(ev.accumulate)
         _quiet(ev.summarize)
@@ -67,12 +67,6 @@ def main():
     print(f"  coco_evaluate backends, faster-coco-eval vs pycocotools:    "
           f"{median(t['ours_pycocotools']) / median(t['ours_faster']):.1f}x")
     print(f"  largest difference over the 12 stats: {worst:.2e} (AP50 {results['faster']['AP50']:.4f})")
-
-
-def _quiet_call(fn, *args):
-    out = []
-    _quiet(lambda: out.append(fn(*args)))
-    return out[0]
 
 
 if __name__ == "__main__":

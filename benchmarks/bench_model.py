@@ -1,8 +1,7 @@
 """fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
 training step and batch-1 inference (the model as trained, and `fcos.fuse.for_inference`: BatchNorm
 folded + channels_last, what the evaluate/visualize/predict stages run; with --compile also torch.compile),
-interleaved in one run; ratios and
-achieved GFLOP/s.
+interleaved in one run; ratios and achieved GFLOP/s.
 
     python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5] [--compile]
 """

@@ -100,7 +100,7 @@ def _results(coco_gt, COCO, det: np.ndarray):
     return coco_dt
 
 
-def _quiet(fn) -> None:
-    """pycocotools prints its summary table; the caller prints its own."""
+def _quiet(fn):
+    """fn() with stdout swallowed: pycocotools prints progress and its summary table; the caller prints its own."""
     with contextlib.redirect_stdout(io.StringIO()):
-        fn()
+        return fn()

@@ -3,8 +3,9 @@
 Measured on a 2-core CPU (benchmarks/bench_model.py, batch-1 inference): channels_last is what pays most
 (oneDNN runs NHWC convolutions without reordering), folding BatchNorm saves one pass over every backbone
 feature map: 1.10-1.19x over torchvision's FCOS (ResNet-18, 320 px). `compile=True` (inductor with
-weight freezing) gave 1.16-1.33x in two interleaved runs, for a ~1 min compile and one more per new padded input shape: it pays over a test split of
-thousands of images, not for a handful. bf16 autocast is emulated (10x slower) on CPUs without AVX512-BF16.
+weight freezing) gave 1.16-1.33x in two interleaved runs, for a ~1 min compile and one more per new padded
+input shape: it pays over a test split of thousands of images, not for a handful. bf16 autocast is
+emulated (10x slower) on CPUs without AVX512-BF16.
 """
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ def fold_batchnorm(module: nn.Module) -> int:
     modules = dict(module.named_modules())
     folded = 0
     for name, conv in modules.items():
-        norm = modules.get(_norm_of(name)) if isinstance(conv, nn.Conv2d) and name else None
+        norm_name = _norm_of(name) if isinstance(conv, nn.Conv2d) and name else ""
+        norm = modules.get(norm_name)
         if not isinstance(norm, _NORMS):
             continue
-        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
-                                            norm.weight, norm.bias)
-        conv.weight, conv.bias = weight, bias
-        parent, _, leaf = _norm_of(name).rpartition(".")
+        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                      norm.eps, norm.weight, norm.bias)
+        parent, _, leaf = norm_name.rpartition(".")
         setattr(module.get_submodule(parent) if parent else module, leaf, nn.Identity())
         folded += 1
     return folded

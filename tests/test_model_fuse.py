@@ -1,10 +1,9 @@
 """Inference copies (BatchNorm folded, channels_last) give the detections of the original model."""
 import pytest
 import torch
-from torch import nn
 
 from fcos import FCOS
-from fcos.fuse import fold_batchnorm, for_inference
+from fcos.fuse import _NORMS, fold_batchnorm, for_inference
 
 
 def trained_stats_model(backbone="resnet18", freeze_bn=False):
@@ -23,7 +22,7 @@ def trained_stats_model(backbone="resnet18", freeze_bn=False):
 
 
 def norms(model):
-    return sum(isinstance(m, (nn.BatchNorm2d,)) or type(m).__name__ == "FrozenBatchNorm2d" for m in model.modules())
+    return sum(isinstance(m, _NORMS) for m in model.modules())
 
 
 @pytest.mark.parametrize("backbone,freeze_bn,expected", [("resnet18", False, 20), ("resnet18", True, 20),
