@@ -1,7 +1,8 @@
 """fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
 training step and batch-1 inference (the model as trained, and `fcos.fuse.for_inference`: BatchNorm
-folded + channels_last, what the evaluate/visualize/predict stages run; with --compile also torch.compile),
-interleaved in one run; ratios and achieved GFLOP/s.
+folded + channels_last + Winograd 3x3 convolutions, what the evaluate/visualize/predict stages run; with
+--compile also torch.compile), interleaved in one run; ratios and achieved GFLOP/s. Inference GFLOP/s count
+each model's direct-convolution FLOPs, so Winograd (fewer multiplications) can pass the matmul peak.
 
     python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5] [--compile]
 """
@@ -80,8 +81,8 @@ def main():
             compiled(one)   # the compile (about a minute) stays out of the timing
         infer["fcos-exp-compiled"] = lambda: compiled(one)
     with torch.inference_mode():
-        infer_flops = {name: flops(fn) for name, fn in infer.items() if name != "fcos-exp-compiled"}
-        infer_flops["fcos-exp-compiled"] = infer_flops["fcos-exp-fused"]   # the same convolutions
+        direct = flops(infer["fcos-exp"])   # the fused copies run the same convolutions
+        infer_flops = {name: direct for name in infer} | {"torchvision": flops(infer["torchvision"])}
         ti = interleave(infer, args.rounds * 2)
 
     print(f"CPU threads {torch.get_num_threads()}, matmul peak {peak:.1f} GFLOP/s; input {args.size}px, "

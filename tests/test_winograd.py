@@ -1,0 +1,84 @@
+"""Winograd F(4x4, 3x3) convolution equals direct convolution (float64 reference) and falls back where it should."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcos import FCOS
+from fcos.fuse import for_inference
+from fcos.winograd import WinogradConv2d, use_winograd
+
+
+def reference(conv, x):
+    bias = None if conv.bias is None else conv.bias.double()
+    return F.conv2d(x.double(), conv.weight.double(), bias, padding=1)
+
+
+@pytest.mark.parametrize("shape,bias,channels_last", [((1, 16, 8, 8), True, True), ((2, 8, 13, 7), True, False),
+                                                      ((3, 5, 1, 30), False, True), ((1, 4, 37, 41), False, False)])
+def test_winograd_matches_direct_convolution(shape, bias, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(shape[1], 6, 3, padding=1, bias=bias)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = WinogradConv2d(conv, min_pixels=0)(x)
+        want = reference(conv, x)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5 * float(want.abs().max()))
+
+
+def test_large_map_is_computed_in_chunks_with_the_same_result(monkeypatch):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 30, 22)
+    wino = WinogradConv2d(conv, min_pixels=0)
+    with torch.no_grad():
+        whole = wino(x)
+        monkeypatch.setattr("fcos.winograd.TILE_BUDGET", 7)   # 6 tiles per row: one row per chunk
+        chunked = wino(x)
+        want = reference(conv, x)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked.double(), want, rtol=0, atol=1e-4)
+
+
+def test_small_maps_other_dtypes_and_autocast_run_the_convolution_itself():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    wino = WinogradConv2d(conv, min_pixels=100)
+    with torch.no_grad():
+        small = torch.randn(1, 4, 9, 11)   # 99 pixels
+        assert torch.equal(wino(small), conv(small))
+        conv64, x64 = conv.double(), torch.randn(1, 4, 12, 12, dtype=torch.float64)
+        assert torch.equal(WinogradConv2d(conv64, min_pixels=0)(x64), conv64(x64))
+        big = torch.randn(1, 4, 12, 12)
+        conv.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(WinogradConv2d(conv, min_pixels=0)(big), conv(big))
+
+
+def test_only_wide_3x3_stride_1_convolutions_are_replaced():
+    net = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 3, stride=2, padding=1),
+                        nn.Conv2d(32, 32, 1), nn.Conv2d(32, 16, 3, padding=1), nn.Conv2d(32, 32, 3, padding=2))
+    assert use_winograd(net, min_channels=32) == 1
+    assert [type(m).__name__ for m in net] == ["WinogradConv2d", "Conv2d", "Conv2d", "Conv2d", "Conv2d"]
+    with pytest.raises(ValueError, match="3x3 stride-1"):
+        WinogradConv2d(nn.Conv2d(4, 4, 3, stride=2, padding=1))
+
+
+def test_inference_copy_with_winograd_gives_the_same_detections():
+    torch.manual_seed(0)
+    model = FCOS(num_classes=3, fpn_channels=256, head_convs=1, gn_groups=32, min_size=256, max_size=320).eval()
+    images = [torch.rand(3, 256, 320), torch.rand(3, 200, 180)]
+    fast = for_inference(model)
+    # ResNet-18 layer3 and layer4 3 each (not the strided first convs), FPN outputs 3, one per head tower;
+    # at 256 x 320 the maps of P3, P4 and layer3 (32 x 40, 16 x 20) are large enough to run Winograd.
+    assert sum(isinstance(m, WinogradConv2d) for m in fast.modules()) == 11
+    with torch.no_grad():
+        wanted, got = model(images), fast(images)
+    for want, have in zip(wanted, got):
+        assert len(want["scores"]) > 0
+        torch.testing.assert_close(have["scores"][:20], want["scores"][:20], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(have["boxes"][:5], want["boxes"][:5], rtol=1e-4, atol=1e-3)
