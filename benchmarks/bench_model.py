@@ -1,8 +1,9 @@
 """fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
-training step and batch-1 inference (the model as trained, and `fcos.fuse.for_inference`: BatchNorm
-folded + channels_last + Winograd 3x3 convolutions, what the evaluate/visualize/predict stages run; with
---compile also torch.compile), interleaved in one run; ratios and achieved GFLOP/s. Inference GFLOP/s count
-each model's direct-convolution FLOPs, so Winograd (fewer multiplications) can pass the matmul peak.
+training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s. fcos-exp runs its
+wide 3x3 convolutions as Winograd (fcos/winograd.py); fcos-exp-direct is the same model with
+`winograd=False`; fcos-exp-fused is `fcos.fuse.for_inference` (BatchNorm folded, channels_last: what the
+evaluate/visualize/predict stages run), with --compile also torch.compile. GFLOP/s count each model's
+direct-convolution FLOPs, so Winograd (fewer multiplications) can pass the matmul peak.
 
     python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5] [--compile]
 """
@@ -21,10 +22,10 @@ from fcos import FCOS
 from fcos.fuse import for_inference
 
 
-def build(size: int, classes: int = 20):
+def build(size: int, classes: int = 20, winograd: bool = True):
     torch.manual_seed(0)
     ours = FCOS(num_classes=classes, backbone="resnet18", fpn_channels=256, head_convs=4, gn_groups=32,
-                min_size=size, max_size=size * 3 // 2)
+                min_size=size, max_size=size * 3 // 2, winograd=winograd)
     backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
                                    returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256),
                                    norm_layer=nn.BatchNorm2d)
@@ -63,26 +64,32 @@ def main():
     torch.set_num_threads(torch.get_num_threads())
     peak = matmul_peak_gflops()
     ours, theirs = build(args.size)
+    direct = build(args.size, winograd=False)[0]
     images, targets = batch(args.batch, args.size)
 
-    ours.train(), theirs.train()
-    steps = {"fcos-exp": train_step(ours, torch.optim.SGD(ours.parameters(), lr=1e-4), images, targets, "final_loss"),
-             "torchvision": train_step(theirs, torch.optim.SGD(theirs.parameters(), lr=1e-4), images, targets, "")}
+    models = {"fcos-exp": ours, "fcos-exp-direct": direct, "torchvision": theirs}
+    for m in models.values():
+        m.train()
+    steps = {name: train_step(m, torch.optim.SGD(m.parameters(), lr=1e-4), images, targets, "final_loss")
+             for name, m in models.items()}
     train_flops = {name: flops(fn) for name, fn in steps.items()}
+    train_flops["fcos-exp"] = train_flops["fcos-exp-direct"]   # direct-convolution FLOPs for both
     t = interleave(steps, args.rounds)
 
-    ours.eval(), theirs.eval()
+    for m in models.values():
+        m.eval()
     one = images[:1]
     fast = for_inference(ours)
-    infer = {"fcos-exp": lambda: ours(one), "fcos-exp-fused": lambda: fast(one), "torchvision": lambda: theirs(one)}
+    infer = {"fcos-exp": lambda: ours(one), "fcos-exp-direct": lambda: direct(one),
+             "fcos-exp-fused": lambda: fast(one), "torchvision": lambda: theirs(one)}
     if args.compile:
         compiled = for_inference(ours, compile=True)
         with torch.inference_mode():
             compiled(one)   # the compile (about a minute) stays out of the timing
         infer["fcos-exp-compiled"] = lambda: compiled(one)
     with torch.inference_mode():
-        direct = flops(infer["fcos-exp"])   # the fused copies run the same convolutions
-        infer_flops = {name: direct for name in infer} | {"torchvision": flops(infer["torchvision"])}
+        direct_flops = flops(infer["fcos-exp-direct"])   # the other fcos-exp variants run the same convolutions
+        infer_flops = {name: direct_flops for name in infer} | {"torchvision": flops(infer["torchvision"])}
         ti = interleave(infer, args.rounds * 2)
 
     print(f"CPU threads {torch.get_num_threads()}, matmul peak {peak:.1f} GFLOP/s; input {args.size}px, "

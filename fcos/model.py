@@ -11,6 +11,7 @@ from .loss import FCOSLoss
 from .points import make_points
 from .postprocess import PostProcess
 from .transform import Transform
+from .winograd import use_winograd
 
 
 def _check_inputs(images: list[Tensor], targets: list[dict] | None, num_classes: int) -> None:
@@ -56,6 +57,8 @@ class FCOS(nn.Module):
                              len(cfg.strides), cfg.prior_prob)
         self.criterion = FCOSLoss(cfg)
         self.postprocess = PostProcess(cfg)
+        if cfg.winograd:
+            use_winograd(self)
 
     @classmethod
     def from_config(cls, cfg: FCOSConfig | dict) -> "FCOS":

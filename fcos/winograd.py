@@ -1,13 +1,14 @@
-"""Winograd F(4x4, 3x3) convolution for float32 CPU inference (Lavin & Gray, 2015).
+"""Winograd F(4x4, 3x3) convolution for float32 on CPU, training and inference (Lavin & Gray, 2015).
 
-Why our own: PyTorch's CPU convolution asks oneDNN for the direct algorithm (oneDNN's own Winograd
-exists only for AVX512 CPUs); NNPACK's Winograd is reachable only through a private torch op, which failed on this machine
-unless another convolution had run first. Here each 6x6 input tile is transformed by one small matmul, the
-convolution becomes 36 matmuls [tiles, C] x [C, O] (4x fewer multiplications than direct 3x3), and a second
-small matmul maps back to 4x4 output tiles. Outputs differ from direct convolution by float rounding
-(~4e-5 of the output scale against ~1e-5). On a 2-core AVX2 CPU a 256-channel layer at 40x56 runs ~1.7x
-faster, 512 channels ~2x; with fewer channels (the tile transforms cost a fixed share) or on small maps it
-loses, so those keep the convolution (benchmarks/bench_winograd.py).
+Why our own: PyTorch's CPU convolution asks oneDNN for the direct algorithm (oneDNN's own Winograd exists
+only for AVX512 CPUs); NNPACK's Winograd is reachable only through a private torch op, which failed on this
+machine unless another convolution had run first. Here each 6x6 input tile is transformed by one small
+matmul, the convolution becomes 36 matmuls [tiles, C] x [C, O] (4x fewer multiplications than direct 3x3),
+and a second small matmul maps back to 4x4 output tiles; autograd differentiates through all of it. Outputs
+differ from direct convolution by float rounding (~1e-5 of the output scale against ~2e-6). On a 2-core AVX2
+CPU a 256-channel layer at 40x56 runs ~1.6x faster at batch 1 and ~1.5x in a training step (forward +
+backward); with fewer channels (the tile transforms cost a fixed share) or on small maps it loses, so those
+keep the direct convolution (benchmarks/bench_winograd.py).
 """
 from __future__ import annotations
 
@@ -25,57 +26,79 @@ _M, _A = 4, 6   # output tile, input tile
 TILE_BUDGET = 256   # tiles per chunk: big maps run ~1.3x faster in chunks that stay in cache
 
 
-def supports(conv: nn.Module) -> bool:
-    """A 3x3, stride-1, padding-1, ungrouped, undilated float Conv2d with zero padding."""
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros")
+def _is_3x3_same(conv: nn.Conv2d) -> bool:
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
-class WinogradConv2d(nn.Module):
-    """Inference stand-in for a 3x3 `conv` (see `supports`): float32 CPU inputs of at least `min_pixels`
-    (H * W) go through F(4x4, 3x3); anything else (CUDA, autocast, small maps) runs `conv` itself."""
+class WinogradConv2d(nn.Conv2d):
+    """An nn.Conv2d (3x3, stride 1, padding 1; same parameters and state_dict) that runs F(4x4, 3x3) for
+    float32 CPU inputs of at least `min_pixels` (H * W) outside autocast, and the direct convolution
+    otherwise (CUDA, where cuDNN picks its own algorithm; small maps; other dtypes). Without gradients the
+    transformed kernel is kept until the weight changes."""
 
-    def __init__(self, conv: nn.Conv2d, min_pixels: int = 256):
-        super().__init__()
-        if not supports(conv):
-            raise ValueError(f"WinogradConv2d needs a 3x3 stride-1 padding-1 Conv2d, got {conv}")
-        self.conv, self.min_pixels = conv, min_pixels
-        g, bt, at = (torch.tensor(m, dtype=torch.float64, device=conv.weight.device) for m in (_G, _BT, _AT))
-        with torch.no_grad():
-            u = torch.einsum("ik,ockl,jl->ijco", g, conv.weight.double(), g)   # [6, 6, C, O]
-        self.register_buffer("u", u.reshape(_A * _A, conv.in_channels, conv.out_channels).float())
-        self.register_buffer("bt", torch.kron(bt, bt).float())   # [36, 36] on flattened 6x6 tiles
-        self.register_buffer("at", torch.kron(at, at).float())   # [16, 36]
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, padding=1, min_pixels: int = 256,
+                 **kwargs):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding, **kwargs)
+        if not _is_3x3_same(self):
+            raise ValueError(f"WinogradConv2d needs a 3x3 stride-1 padding-1 convolution, got {self}")
+        self.min_pixels = min_pixels
+        for name, m in (("g", _G), ("bt", _BT), ("at", _AT)):
+            t = torch.tensor(m, dtype=torch.float32, device=self.weight.device)
+            self.register_buffer(name, t if name == "g" else torch.kron(t, t), persistent=False)
+        self._kernel_cache: tuple | None = None
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, min_pixels: int = 256) -> "WinogradConv2d":
+        """A WinogradConv2d sharing `conv`'s weight and bias Parameters."""
+        if not _is_3x3_same(conv):
+            raise ValueError(f"WinogradConv2d needs a 3x3 stride-1 padding-1 convolution, got {conv}")
+        new = cls(conv.in_channels, conv.out_channels, bias=conv.bias is not None, min_pixels=min_pixels,
+                  device=conv.weight.device)
+        new.weight, new.bias = conv.weight, conv.bias
+        return new
+
+    def _kernel(self) -> Tensor:
+        """G w G^T per (out, in) pair: [36, C, O]; recomputed with autograd when the weight needs grad."""
+        def transform(w):
+            return torch.einsum("ik,ockl,jl->ijco", self.g, w, self.g).reshape(_A * _A, w.shape[1], w.shape[0])
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return transform(w)
+        key = (w.data_ptr(), w._version, w.device)
+        if self._kernel_cache is None or self._kernel_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():   # a normal tensor, usable outside inference mode
+                self._kernel_cache = (key, transform(w).contiguous())
+        return self._kernel_cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or h * w < self.min_pixels
-                or torch.is_autocast_enabled("cpu")):
-            return self.conv(x)
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                or h * w < self.min_pixels or torch.is_autocast_enabled("cpu")):
+            return super().forward(x)
+        u = self._kernel()
         th, tw = -(-h // _M), -(-w // _M)   # 4x4 output tiles per column / row
         xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, tw * _M + 1 - w, 1, th * _M + 1 - h))   # [B, 4th+2, 4tw+2, C]
         tiles = xp.unfold(1, _A, _M).unfold(2, _A, _M).flatten(0, 1)            # [B*th, tw, C, 6, 6] view
-        out = x.new_empty(b * th, _M, tw, _M, self.u.shape[-1])
-        step = max(1, TILE_BUDGET // tw)   # rows of tiles per chunk: keeps the 36 matrices in cache
+        step = max(1, TILE_BUDGET // tw)   # rows of tiles per chunk (not a loop over images or levels)
+        out = []
         for r in range(0, b * th, step):
             t = tiles[r:r + step]
-            n = t.shape[0] * tw
-            v = (self.bt @ t.permute(3, 4, 0, 1, 2).reshape(_A * _A, -1)).view(_A * _A, n, c)
-            m = torch.bmm(v, self.u)                                            # [36, n, O]
+            v = (self.bt @ t.permute(3, 4, 0, 1, 2).reshape(_A * _A, -1)).view(_A * _A, -1, c)
+            m = torch.bmm(v, u)                                                 # [36, rows*tw, O]
             y = (self.at @ m.view(_A * _A, -1)).view(_M, _M, t.shape[0], tw, -1)
-            out[r:r + step] = y.permute(2, 0, 3, 1, 4)
-        y = out.view(b, th * _M, tw * _M, -1)[:, :h, :w]
-        y = y + self.conv.bias if self.conv.bias is not None else y.contiguous()
+            out.append(y.permute(2, 0, 3, 1, 4))                                # [rows, 4, tw, 4, O]
+        y = torch.cat(out).view(b, th * _M, tw * _M, -1)[:, :h, :w]
+        y = y + self.bias if self.bias is not None else y.contiguous()
         return y.permute(0, 3, 1, 2)   # [B, O, H, W], channels_last strides
 
 
 def use_winograd(module: nn.Module, min_channels: int = 256, min_pixels: int = 256) -> int:
-    """Replace every supported 3x3 convolution of `module` with at least `min_channels` input and output
-    channels by a WinogradConv2d, in place. Returns the number replaced."""
-    targets = [(name, m) for name, m in module.named_modules()
-               if name and supports(m) and min(m.in_channels, m.out_channels) >= min_channels]
+    """Make every plain 3x3 stride-1 Conv2d of `module` with at least `min_channels` input and output
+    channels a WinogradConv2d sharing its Parameters, in place. Returns the number replaced."""
+    targets = [(name, m) for name, m in module.named_modules() if name and type(m) is nn.Conv2d
+               and _is_3x3_same(m) and min(m.in_channels, m.out_channels) >= min_channels]
     for name, conv in targets:
         parent, _, leaf = name.rpartition(".")
-        setattr(module.get_submodule(parent) if parent else module, leaf, WinogradConv2d(conv, min_pixels))
+        setattr(module.get_submodule(parent) if parent else module, leaf, WinogradConv2d.from_conv(conv, min_pixels))
     return len(targets)

@@ -60,7 +60,8 @@ SCHEMA: dict[str, Any] = {
     "model": {
         "backbone": _backbone, "weights": _type(str, optional=True), "freeze_bn": _type(bool),
         "trainable_layers": _num(0, 5, integer=True), "fpn_channels": _num(1, 4096, integer=True),
-        "head_convs": _num(0, 16, integer=True), "gn_groups": _num(1, 512, integer=True), "min_size": _sizes,
+        "head_convs": _num(0, 16, integer=True), "gn_groups": _num(1, 512, integer=True), "winograd": _type(bool),
+        "min_size": _sizes,
         "max_size": _num(16, 10000, integer=True), "center_sampling_radius": _num(0, lo_open=True),
         "score_thresh": _num(0, 1), "nms_thresh": _num(0, 1, lo_open=True),
         "topk_candidates": _num(1, integer=True), "detections_per_img": _num(1, integer=True),
