@@ -1,8 +1,9 @@
-"""Winograd F(4x4, 3x3) (fcos.winograd) against PyTorch's convolution (oneDNN, channels_last), batch 1,
-per channel count and map size, interleaved; the ratio and the error against a float64 reference. The
-crossover sets `WinogradConv2d.min_pixels`.
+"""Winograd F(4x4, 3x3) (fcos.winograd) against PyTorch's direct convolution (oneDNN), per channel count and
+map size, interleaved: batch-1 inference (channels_last, as fcos.fuse.for_inference runs it) and a batch-4
+training step (forward + backward); ratios, and the inference error against a float64 reference. The
+crossover sets `use_winograd(min_channels, min_pixels)`.
 
-    python benchmarks/bench_winograd.py [--rounds 7]
+    python benchmarks/bench_winograd.py [--rounds 5]
 """
 from __future__ import annotations
 
@@ -15,27 +16,42 @@ from torch import nn
 from common import interleave, median
 from fcos.winograd import WinogradConv2d
 
-SHAPES = [(c, hw) for c in (64, 128, 256, 512) for hw in ((10, 14), (16, 16), (20, 28), (24, 32), (40, 56), (80, 112))]
+SHAPES = [(c, hw) for c in (64, 128, 256, 512) for hw in ((10, 14), (16, 16), (20, 28), (40, 56), (80, 112))]
+
+
+def train_step(conv, x, grad):
+    def step():
+        x.grad = conv.weight.grad = conv.bias.grad = None
+        conv(x).backward(grad)
+    return step
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"CPU threads {torch.get_num_threads()}; batch 1, float32; medians of {args.rounds} interleaved rounds")
-    print(f"{'C':>4} {'H x W':>9} {'conv ms':>8} {'wino ms':>8} {'ratio':>6} {'err conv':>9} {'err wino':>9}")
+    print(f"CPU threads {torch.get_num_threads()}; float32; medians of {args.rounds} interleaved rounds; "
+          "ratio = direct time / Winograd time")
+    print(f"{'C':>4} {'H x W':>9} | {'infer b1 ms':>11} {'wino':>7} {'ratio':>5} {'err dir':>8} {'err wino':>8} "
+          f"| {'train b4 ms':>11} {'wino':>7} {'ratio':>5}")
     for c, (h, w) in SHAPES:
-        conv = nn.Conv2d(c, c, 3, padding=1).eval().to(memory_format=torch.channels_last)
-        wino = WinogradConv2d(conv, min_pixels=0)
-        x = torch.randn(1, c, h, w).contiguous(memory_format=torch.channels_last)
+        conv = nn.Conv2d(c, c, 3, padding=1)
+        wino = WinogradConv2d.from_conv(nn.Conv2d(c, c, 3, padding=1), min_pixels=0)
+        wino.load_state_dict(conv.state_dict())
+        x = torch.randn(4, c, h, w, requires_grad=True)
+        grad = torch.randn(4, c, h, w)
+        t_train = interleave({"conv": train_step(conv, x, grad), "wino": train_step(wino, x, grad)}, args.rounds)
+        one = x[:1].detach().contiguous(memory_format=torch.channels_last)
+        conv.to(memory_format=torch.channels_last), wino.to(memory_format=torch.channels_last)
         with torch.inference_mode():
-            ref = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+            ref = F.conv2d(one.double(), conv.weight.double(), conv.bias.double(), padding=1)
             scale = float(ref.abs().max())
-            err = [float((f(x).double() - ref).abs().max()) / scale for f in (conv, wino)]
-            t = interleave({"conv": lambda: conv(x), "wino": lambda: wino(x)}, args.rounds)
-        tc, tw = median(t["conv"]), median(t["wino"])
-        print(f"{c:4d} {h:4d} x {w:<4d}{tc * 1000:8.2f} {tw * 1000:8.2f} {tc / tw:6.2f} {err[0]:9.1e} {err[1]:9.1e}")
+            err = [float((f(one).double() - ref).abs().max()) / scale for f in (conv, wino)]
+            t_inf = interleave({"conv": lambda: conv(one), "wino": lambda: wino(one)}, args.rounds)
+        (ic, iw), (tc, tw) = ((median(t["conv"]), median(t["wino"])) for t in (t_inf, t_train))
+        print(f"{c:4d} {h:4d} x {w:<4d}| {ic * 1000:11.2f} {iw * 1000:7.2f} {ic / iw:5.2f} {err[0]:8.1e} {err[1]:8.1e} "
+              f"| {tc * 1000:11.1f} {tw * 1000:7.1f} {tc / tw:5.2f}")
 
 
 if __name__ == "__main__":

@@ -27,10 +27,13 @@ def flops(fn) -> float:
 
 
 def interleave(candidates: dict, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Time each candidate once per round, alternating A B A B ..., after `warmup` untimed rounds."""
+    """Time each candidate once per round after `warmup` untimed rounds, starting each round one candidate
+    later (A B C, B C A, C A B, ...) so that no candidate always runs first."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
     for r in range(warmup + rounds):
-        for name, fn in candidates.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = candidates[name]
             start = time.perf_counter()
             fn()
             if r >= warmup:
