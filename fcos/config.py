@@ -21,7 +21,7 @@ class FCOSConfig:
     fpn_channels: int = 256
     head_convs: int = 4                 # conv3x3 + GroupNorm + ReLU blocks per head tower
     gn_groups: int = 16
-    winograd: bool = True               # float32 CPU: 3x3 convs with >= 256 channels via Winograd (fcos/winograd.py)
+    winograd: bool = True               # CPU float32 inference: wide 3x3 convs via Winograd (fcos/winograd.py)
     min_size: int | tuple[int, ...] = 320   # short side; a tuple: random choice per batch in training, the last in eval
     max_size: int = 480
     size_divisible: int = 32

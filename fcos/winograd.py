@@ -1,14 +1,15 @@
-"""Winograd F(4x4, 3x3) convolution for float32 on CPU, training and inference (Lavin & Gray, 2015).
+"""Winograd F(4x4, 3x3) convolution for float32 inference on CPU (Lavin & Gray, 2015).
 
 Why our own: PyTorch's CPU convolution asks oneDNN for the direct algorithm (oneDNN's own Winograd exists
 only for AVX512 CPUs); NNPACK's Winograd is reachable only through a private torch op, which failed on this
 machine unless another convolution had run first. Here each 6x6 input tile is transformed by one small
 matmul, the convolution becomes 36 matmuls [tiles, C] x [C, O] (4x fewer multiplications than direct 3x3),
-and a second small matmul maps back to 4x4 output tiles; autograd differentiates through all of it. Outputs
-differ from direct convolution by float rounding (~1e-5 of the output scale against ~2e-6). On a 2-core AVX2
-CPU a 256-channel layer at 40x56 runs ~1.6x faster at batch 1 and ~1.5x in a training step (forward +
-backward); with fewer channels (the tile transforms cost a fixed share) or on small maps it loses, so those
-keep the direct convolution (benchmarks/bench_winograd.py).
+and a second small matmul maps back to 4x4 output tiles. Outputs differ from direct convolution by float
+rounding (~1e-5 of the output scale against ~2e-6). On a 2-core AVX2 CPU at batch 1 a 256-channel layer runs
+1.4-1.5x faster from 20x28 to 80x112, 512 channels 1.7-2.3x; with fewer channels (the tile transforms cost a
+fixed share) or on small maps it loses, so those keep the direct convolution. Training (gradients on) keeps
+the direct convolution too: through autograd a batch-4 step gained 1.2x at 20x28-40x56 but lost up to 2x
+on small and large maps (benchmarks/bench_winograd.py).
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ def _is_3x3_same(conv: nn.Conv2d) -> bool:
 
 class WinogradConv2d(nn.Conv2d):
     """An nn.Conv2d (3x3, stride 1, padding 1; same parameters and state_dict) that runs F(4x4, 3x3) for
-    float32 CPU inputs of at least `min_pixels` (H * W) outside autocast, and the direct convolution
-    otherwise (CUDA, where cuDNN picks its own algorithm; small maps; other dtypes). Without gradients the
-    transformed kernel is kept until the weight changes."""
+    float32 CPU inputs of at least `min_pixels` (H * W) with gradients off and outside autocast, and the
+    direct convolution otherwise (training; CUDA, where cuDNN picks its own algorithm; small maps; other
+    dtypes). The transformed kernel is kept until the weight changes."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, padding=1, min_pixels: int = 256,
                  **kwargs):
@@ -59,22 +60,18 @@ class WinogradConv2d(nn.Conv2d):
         return new
 
     def _kernel(self) -> Tensor:
-        """G w G^T per (out, in) pair: [36, C, O]; recomputed with autograd when the weight needs grad."""
-        def transform(w):
-            return torch.einsum("ik,ockl,jl->ijco", self.g, w, self.g).reshape(_A * _A, w.shape[1], w.shape[0])
+        """G w G^T per (out, in) pair: [36, C, O], recomputed when the weight changes (in place or replaced)."""
         w = self.weight
-        if torch.is_grad_enabled() and w.requires_grad:
-            return transform(w)
         key = (w.data_ptr(), w._version, w.device)
         if self._kernel_cache is None or self._kernel_cache[0] != key:
-            with torch.inference_mode(False), torch.no_grad():   # a normal tensor, usable outside inference mode
-                self._kernel_cache = (key, transform(w).contiguous())
+            u = torch.einsum("ik,ockl,jl->ijco", self.g, w, self.g).reshape(_A * _A, w.shape[1], w.shape[0])
+            self._kernel_cache = (key, u.contiguous())
         return self._kernel_cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
-                or h * w < self.min_pixels or torch.is_autocast_enabled("cpu")):
+        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
+                or self.weight.dtype != torch.float32 or h * w < self.min_pixels or torch.is_autocast_enabled("cpu")):
             return super().forward(x)
         u = self._kernel()
         th, tw = -(-h // _M), -(-w // _M)   # 4x4 output tiles per column / row

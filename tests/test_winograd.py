@@ -1,5 +1,5 @@
-"""Winograd F(4x4, 3x3) convolution equals direct convolution (float64 reference) in outputs and gradients,
-and falls back where it should."""
+"""Winograd F(4x4, 3x3) convolution equals direct convolution (float64 reference) and falls back where it
+should (training, small maps, other dtypes, autocast)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,26 +70,19 @@ def test_only_wide_3x3_stride_1_convolutions_are_replaced():
         WinogradConv2d.from_conv(nn.Conv2d(4, 4, 3, stride=2, padding=1))
 
 
-def test_gradients_match_direct_convolution_and_the_kernel_cache_follows_the_weight():
+def test_training_runs_the_direct_convolution_and_the_kernel_cache_follows_the_weight():
     torch.manual_seed(3)
     conv = nn.Conv2d(8, 5, 3, padding=1)
     wino = WinogradConv2d.from_conv(conv, min_pixels=0)
-    x = torch.randn(2, 8, 11, 14, dtype=torch.float64)
-    grad_out = torch.randn(2, 5, 11, 14, dtype=torch.float64)
-    xr = x.clone().requires_grad_()
-    ref_w = conv.weight.detach().double().requires_grad_()
-    ref_b = conv.bias.detach().double().requires_grad_()
-    F.conv2d(xr, ref_w, ref_b, padding=1).backward(grad_out)
-    xw = x.float().requires_grad_()
-    wino(xw).backward(grad_out.float())
-    for got, ref in ((xw.grad, xr.grad), (wino.weight.grad, ref_w.grad), (wino.bias.grad, ref_b.grad)):
-        torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-5 * float(ref.abs().max()))
-    with torch.no_grad():   # cached kernel, then an in-place weight update must reach the output
-        before = wino(x.float())
+    x = torch.randn(2, 8, 11, 14)
+    assert torch.equal(wino(x), conv(x))   # gradients on: direct convolution, bit for bit
+    with torch.no_grad():   # Winograd with a cached kernel; an in-place weight update must reach the output
+        before = wino(x)
+        assert not torch.equal(before, conv(x))
         wino.weight.mul_(2)
-        after = wino(x.float())
-    torch.testing.assert_close(after - wino.bias[:, None, None], 2 * (before - wino.bias[:, None, None]),
-                               rtol=1e-4, atol=1e-4)
+        after = wino(x)
+    bias = wino.bias[:, None, None].detach()
+    torch.testing.assert_close(after - bias, 2 * (before - bias), rtol=1e-4, atol=1e-4)
 
 
 def test_model_with_winograd_equals_the_direct_model():
@@ -107,14 +100,7 @@ def test_model_with_winograd_equals_the_direct_model():
                {"boxes": torch.tensor([[5.0, 5.0, 90.0, 60.0], [50.0, 40.0, 170.0, 190.0]]),
                 "labels": torch.tensor([0, 2])}]
     losses = [m.train()(images, targets) for m in (model, direct)]
-    for key in losses[0]:
-        torch.testing.assert_close(losses[0][key], losses[1][key], rtol=1e-4, atol=1e-6)
-    losses[0]["final_loss"].backward()
-    losses[1]["final_loss"].backward()
-    # The classification path is smooth; at initialisation the regression outputs sit at ReLU's kink, where
-    # float rounding flips gradients (direct float32 against float64 differs there too), so it is not compared.
-    for p, q in zip(model.head.cls_tower.parameters(), direct.head.cls_tower.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-3 * float(q.grad.abs().max()))
+    assert all(torch.equal(losses[0][k], losses[1][k]) for k in losses[0])   # training: direct convolution
     model.eval(), direct.eval()
     with torch.no_grad():
         wanted, got = direct(images), for_inference(model)(images)
