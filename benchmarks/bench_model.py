@@ -1,7 +1,7 @@
 """fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
-training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s. fcos-exp runs its
-wide 3x3 convolutions as Winograd (fcos/winograd.py); fcos-exp-direct is the same model with
-`winograd=False`; fcos-exp-fused is `fcos.fuse.for_inference` (BatchNorm folded, channels_last: what the
+training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s. In inference
+fcos-exp runs its wide 3x3 convolutions as Winograd (fcos/winograd.py; training uses direct convolution);
+fcos-exp-direct is the same model with `winograd=False`; fcos-exp-fused is `fcos.fuse.for_inference` (BatchNorm folded, channels_last: what the
 evaluate/visualize/predict stages run), with --compile also torch.compile. GFLOP/s count each model's
 direct-convolution FLOPs, so Winograd (fewer multiplications) can pass the matmul peak.
 
@@ -67,16 +67,15 @@ def main():
     direct = build(args.size, winograd=False)[0]
     images, targets = batch(args.batch, args.size)
 
-    models = {"fcos-exp": ours, "fcos-exp-direct": direct, "torchvision": theirs}
+    models = {"fcos-exp": ours, "torchvision": theirs}
     for m in models.values():
         m.train()
     steps = {name: train_step(m, torch.optim.SGD(m.parameters(), lr=1e-4), images, targets, "final_loss")
              for name, m in models.items()}
     train_flops = {name: flops(fn) for name, fn in steps.items()}
-    train_flops["fcos-exp"] = train_flops["fcos-exp-direct"]   # direct-convolution FLOPs for both
     t = interleave(steps, args.rounds)
 
-    for m in models.values():
+    for m in (ours, direct, theirs):
         m.eval()
     one = images[:1]
     fast = for_inference(ours)
