@@ -1,8 +1,9 @@
 """fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
 training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s. In inference
 fcos-exp runs its wide 3x3 convolutions as Winograd (fcos/winograd.py; training uses direct convolution);
-fcos-exp-direct is the same model with `winograd=False`; fcos-exp-fused is `fcos.fuse.for_inference` (BatchNorm folded, channels_last: what the
-evaluate/visualize/predict stages run), with --compile also torch.compile. GFLOP/s count each model's
+fcos-exp-direct is the same model with `winograd=False`; fcos-exp-fused is `fcos.fuse.for_inference`
+(BatchNorm folded, channels_last: what the evaluate/visualize/predict stages run), with --compile also
+torch.compile. GFLOP/s count each model's
 direct-convolution FLOPs, so Winograd (fewer multiplications) can pass the matmul peak.
 
     python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5] [--compile]

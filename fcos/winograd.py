@@ -38,11 +38,9 @@ class WinogradConv2d(nn.Conv2d):
     direct convolution otherwise (training; CUDA, where cuDNN picks its own algorithm; small maps; other
     dtypes). The transformed kernel is kept until the weight changes."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, padding=1, min_pixels: int = 256,
-                 **kwargs):
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding, **kwargs)
-        if not _is_3x3_same(self):
-            raise ValueError(f"WinogradConv2d needs a 3x3 stride-1 padding-1 convolution, got {self}")
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, min_pixels: int = 256,
+                 device=None):
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias, device=device)
         self.min_pixels = min_pixels
         for name, m in (("g", _G), ("bt", _BT), ("at", _AT)):
             t = torch.tensor(m, dtype=torch.float32, device=self.weight.device)
@@ -54,8 +52,7 @@ class WinogradConv2d(nn.Conv2d):
         """A WinogradConv2d sharing `conv`'s weight and bias Parameters."""
         if not _is_3x3_same(conv):
             raise ValueError(f"WinogradConv2d needs a 3x3 stride-1 padding-1 convolution, got {conv}")
-        new = cls(conv.in_channels, conv.out_channels, bias=conv.bias is not None, min_pixels=min_pixels,
-                  device=conv.weight.device)
+        new = cls(conv.in_channels, conv.out_channels, conv.bias is not None, min_pixels, conv.weight.device)
         new.weight, new.bias = conv.weight, conv.bias
         return new
 
