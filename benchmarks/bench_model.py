@@ -1,10 +1,9 @@
 """fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
-training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s. In inference
-fcos-exp runs its wide 3x3 convolutions as Winograd (fcos/winograd.py; training uses direct convolution);
-fcos-exp-direct is the same model with `winograd=False`; fcos-exp-fused is `fcos.fuse.for_inference`
-(BatchNorm folded, channels_last: what the evaluate/visualize/predict stages run), with --compile also
-torch.compile. GFLOP/s count each model's
-direct-convolution FLOPs, so Winograd (fewer multiplications) can pass the matmul peak.
+training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s. fcos-exp is the
+eager model; fcos-exp-fused is `fcos.inference.for_inference` (BatchNorm folded, channels_last, wide 3x3
+convolutions as Winograd: what the evaluate/visualize/predict stages run), fcos-exp-fused-direct the same
+with `winograd=False`; --compile adds torch.compile. GFLOP/s count each model's direct-convolution FLOPs,
+so Winograd (fewer multiplications) can pass the matmul peak.
 
     python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5] [--compile]
 """
@@ -20,13 +19,13 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from common import flops, interleave, matmul_peak_gflops, median
 from fcos import FCOS
-from fcos.fuse import for_inference
+from fcos.inference import for_inference
 
 
-def build(size: int, classes: int = 20, winograd: bool = True):
+def build(size: int, classes: int = 20):
     torch.manual_seed(0)
     ours = FCOS(num_classes=classes, backbone="resnet18", fpn_channels=256, head_convs=4, gn_groups=32,
-                min_size=size, max_size=size * 3 // 2, winograd=winograd)
+                min_size=size, max_size=size * 3 // 2)
     backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
                                    returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256),
                                    norm_layer=nn.BatchNorm2d)
@@ -65,7 +64,6 @@ def main():
     torch.set_num_threads(torch.get_num_threads())
     peak = matmul_peak_gflops()
     ours, theirs = build(args.size)
-    direct = build(args.size, winograd=False)[0]
     images, targets = batch(args.batch, args.size)
 
     models = {"fcos-exp": ours, "torchvision": theirs}
@@ -76,11 +74,11 @@ def main():
     train_flops = {name: flops(fn) for name, fn in steps.items()}
     t = interleave(steps, args.rounds)
 
-    for m in (ours, direct, theirs):
+    for m in (ours, theirs):
         m.eval()
     one = images[:1]
-    fast = for_inference(ours)
-    infer = {"fcos-exp": lambda: ours(one), "fcos-exp-direct": lambda: direct(one),
+    fast, fast_direct = for_inference(ours), for_inference(ours, winograd=False)
+    infer = {"fcos-exp": lambda: ours(one), "fcos-exp-fused-direct": lambda: fast_direct(one),
              "fcos-exp-fused": lambda: fast(one), "torchvision": lambda: theirs(one)}
     if args.compile:
         compiled = for_inference(ours, compile=True)
@@ -88,7 +86,7 @@ def main():
             compiled(one)   # the compile (about a minute) stays out of the timing
         infer["fcos-exp-compiled"] = lambda: compiled(one)
     with torch.inference_mode():
-        direct_flops = flops(infer["fcos-exp-direct"])   # the other fcos-exp variants run the same convolutions
+        direct_flops = flops(infer["fcos-exp"])   # the other fcos-exp variants run the same convolutions
         infer_flops = {name: direct_flops for name in infer} | {"torchvision": flops(infer["torchvision"])}
         ti = interleave(infer, args.rounds * 2)
 

@@ -1,5 +1,5 @@
 """Winograd F(4x4, 3x3) (fcos.winograd) against PyTorch's direct convolution (oneDNN), per channel count and
-map size, interleaved: batch-1 inference (channels_last, as fcos.fuse.for_inference runs it) and a batch-4
+map size, interleaved: batch-1 inference (channels_last, as fcos.inference.for_inference runs it) and a batch-4
 training step (forward + backward); ratios, and the inference error against a float64 reference. The
 crossover sets `use_winograd(min_channels, min_pixels)`.
 

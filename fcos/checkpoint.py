@@ -1,25 +1,27 @@
 """Checkpoints: written to a temp file and renamed, loaded with weights_only=True."""
 from __future__ import annotations
 
-import os
+import errno
 from pathlib import Path
 
 import torch
 
 from .config import FCOSConfig
+from .files import atomic_write
 from .model import FCOS
+
+
+CHECKPOINT_KEYS = ("model", "model_config", "classes", "epoch", "global_step")
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Atomic save: a crash mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path, "wb") as f:
+            torch.save(state, f)
+    except RuntimeError as e:   # torch reports a failed write (e.g. a full disk) as RuntimeError
+        raise OSError(errno.EIO, f"checkpoint not written, the previous one is kept ({str(e).splitlines()[0][:120]})",
+                      str(path)) from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -27,15 +29,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for damaged or foreign files
         raise ValueError(f"{path}: not a readable fcos-exp checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        what = "a plain state dict" if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()) \
+            else type(ckpt).__name__
+        raise ValueError(f"{path}: not an fcos-exp checkpoint ({what}, without {', '.join(missing)})")
+    return ckpt
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FCOS, list[str]]:
     """The trained model (eval mode, no pretrained download: weights come from the checkpoint) and class names."""
     ckpt = load_checkpoint(path, device)
-    cfg = FCOSConfig.from_dict({**ckpt["model_config"], "weights": None})
-    model = FCOS.from_config(cfg)
+    model = FCOS(FCOSConfig.from_dict({**ckpt["model_config"], "weights": None}))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), list(ckpt["classes"])

@@ -1,12 +1,84 @@
-"""`FCOSConfig`: every parameter of the detector, as plain types (it travels inside checkpoints)."""
+"""The library's configs, as plain types: `FCOSConfig` (the detector; it travels inside checkpoints) and
+`TrainConfig` (the training loop). Each has one set of defaults and one validator, `check`, which
+pipeline/params.py delegates to: a value that passes here is one the library can run."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
-import torchvision
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
            "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+DECODE_KEYS = ("score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")
+_LEGACY_KEYS = ("winograd",)   # once a model field, now an inference option (fcos.inference.for_inference)
+
+Rule = Callable[[Any], "str | None"]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def number(lo: float | None = None, hi: float | None = None, *, integer: bool = False, lo_open: bool = False,
+           hi_open: bool = False) -> Rule:
+    """A rule for a finite number (an integer if asked) in [lo, hi]; open ends where asked."""
+    def check(v):
+        if not (_is_int(v) if integer else _is_num(v)):
+            return f"must be {'an integer' if integer else 'a number'}, got {v!r}"
+        if not math.isfinite(v):
+            return f"must be a finite number, got {v!r}"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}, got {v!r}"
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return f"must be {'<' if hi_open else '<='} {hi}, got {v!r}"
+        return None
+    return check
+
+
+def choice(*options) -> Rule:
+    return lambda v: None if isinstance(v, str) and v in options else \
+        f"must be one of {', '.join(map(str, options))}, got {v!r}"
+
+
+def of_type(t: type, optional: bool = False) -> Rule:
+    names = {str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
+    return lambda v: None if (optional and v is None) or isinstance(v, t) else \
+        f"must be {names.get(t, t.__name__)}{' or null' if optional else ''}, got {v!r}"
+
+
+def numbers(n: int, rule: Rule) -> Rule:
+    """A list or tuple of exactly n values, each passing `rule`."""
+    def check(v):
+        if not isinstance(v, (list, tuple)) or len(v) != n:
+            return f"must be a list of {n} values, got {v!r}"
+        return next((f"item {i}: {m}" for i, x in enumerate(v) if (m := rule(x))), None)
+    return check
+
+
+def _sizes(v) -> str | None:
+    vals = list(v) if isinstance(v, (list, tuple)) else [v]
+    if not vals or not all(_is_int(s) and 16 <= s <= 10000 for s in vals):
+        return f"must be an integer in 16..10000 or a list of them, got {v!r}"
+    return None
+
+
+def _backbone(v) -> str | None:
+    return None if v in RESNETS else f"unknown backbone {v!r} (one of {', '.join(RESNETS)})"
+
+
+def _check(cls, values: dict, rules: dict[str, Rule], joint: Callable[[dict], list[str]]) -> list[str]:
+    """'key: problem' lines for `values` (a partial or full set of cls's fields)."""
+    known = {f.name for f in fields(cls)}
+    problems = [f"{k}: unknown key" for k in values if k not in known]
+    problems += [f"{k}: {m}" for k, v in values.items() if k in rules and (m := rules[k](v))]
+    if not problems:
+        full = {f.name: getattr(cls, f.name, None) for f in fields(cls) if f.name in rules}
+        problems += joint({**full, **values})
+    return problems
 
 
 @dataclass
@@ -21,7 +93,6 @@ class FCOSConfig:
     fpn_channels: int = 256
     head_convs: int = 4                 # conv3x3 + GroupNorm + ReLU blocks per head tower
     gn_groups: int = 16
-    winograd: bool = True               # CPU float32 inference: wide 3x3 convs via Winograd (fcos/winograd.py)
     min_size: int | tuple[int, ...] = 320   # short side; a tuple: random choice per batch in training, the last in eval
     max_size: int = 480
     size_divisible: int = 32
@@ -39,9 +110,22 @@ class FCOSConfig:
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+    RULES = {
+        "num_classes": number(1, 100000, integer=True), "backbone": _backbone, "weights": of_type(str, optional=True),
+        "freeze_bn": of_type(bool), "trainable_layers": number(0, 5, integer=True),
+        "fpn_channels": number(1, 4096, integer=True), "head_convs": number(0, 16, integer=True),
+        "gn_groups": number(1, 512, integer=True), "min_size": _sizes, "max_size": number(16, 10000, integer=True),
+        "size_divisible": number(1, 512, integer=True), "strides": numbers(5, number(1, integer=True)),
+        "range_bounds": numbers(5, number(0)), "center_sampling_radius": number(0, lo_open=True),
+        "focal_alpha": number(0, 1), "focal_gamma": number(0), "prior_prob": number(0, 1, lo_open=True, hi_open=True),
+        "score_thresh": number(0, 1, hi_open=True), "nms_thresh": number(0, 1, lo_open=True),
+        "topk_candidates": number(1, integer=True), "detections_per_img": number(1, integer=True),
+        "image_mean": numbers(3, number(0, 1)), "image_std": numbers(3, number(0, lo_open=True)),
+    }
+
     def __post_init__(self):
         if isinstance(self.min_size, (list, tuple)):
-            self.min_size = tuple(int(s) for s in self.min_size)
+            self.min_size = tuple(self.min_size)
         for name in ("strides", "range_bounds", "image_mean", "image_std"):
             setattr(self, name, tuple(getattr(self, name)))
         self.validate()
@@ -50,36 +134,84 @@ class FCOSConfig:
     def min_sizes(self) -> tuple[int, ...]:
         return self.min_size if isinstance(self.min_size, tuple) else (self.min_size,)
 
+    @staticmethod
+    def _joint(v: dict) -> list[str]:
+        sizes = list(v["min_size"]) if isinstance(v["min_size"], (list, tuple)) else [v["min_size"]]
+        problems = []
+        if v["fpn_channels"] % v["gn_groups"]:
+            problems.append(f"gn_groups: must divide fpn_channels ({v['fpn_channels']}), got {v['gn_groups']}")
+        if v["max_size"] < max(sizes):
+            problems.append(f"max_size: must be >= min_size ({max(sizes)}), got {v['max_size']}")
+        if list(v["range_bounds"]) != sorted(v["range_bounds"]):
+            problems.append(f"range_bounds: must be increasing, got {list(v['range_bounds'])}")
+        return problems
+
+    @classmethod
+    def check(cls, values: dict) -> list[str]:
+        """'field: problem' lines for a dict of (some of) the fields; [] when they make a valid config."""
+        return _check(cls, values, cls.RULES, cls._joint)
+
     def validate(self) -> None:
-        """Raise ValueError naming the first inconsistent parameter."""
-        if self.backbone not in RESNETS and not hasattr(torchvision.models, self.backbone):
-            raise ValueError(f"backbone {self.backbone!r} is not a torchvision ResNet (one of {', '.join(RESNETS)})")
-        checks = [
-            (self.num_classes >= 1, "num_classes must be >= 1"),
-            (0 <= self.trainable_layers <= 5, "trainable_layers must be in 0..5"),
-            (self.fpn_channels >= 1 and self.head_convs >= 0, "fpn_channels must be >= 1 and head_convs >= 0"),
-            (self.gn_groups >= 1 and self.fpn_channels % self.gn_groups == 0,
-             f"fpn_channels ({self.fpn_channels}) must be divisible by gn_groups ({self.gn_groups})"),
-            (len(self.strides) == 5, "strides must list the 5 levels P3-P7"),
-            (len(self.range_bounds) == len(self.strides), "range_bounds needs one lower bound per level"),
-            (list(self.range_bounds) == sorted(self.range_bounds), "range_bounds must be increasing"),
-            (all(s > 0 for s in self.min_sizes) and self.max_size >= max(self.min_sizes),
-             "min_size must be > 0 and max_size >= min_size"),
-            (0 <= self.score_thresh < 1 and 0 < self.nms_thresh <= 1, "score_thresh in [0,1), nms_thresh in (0,1]"),
-            (self.topk_candidates >= 1 and self.detections_per_img >= 1, "topk_candidates and detections_per_img >= 1"),
-            (self.center_sampling_radius > 0, "center_sampling_radius must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        """Raise ValueError naming the first invalid field."""
+        problems = self.check({f.name: getattr(self, f.name) for f in fields(self)})
+        if problems:
+            raise ValueError(problems[0])
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FCOSConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model parameter(s): {', '.join(unknown)}")
+        """A config from a plain dict (e.g. a checkpoint's); keys of older versions are dropped."""
+        d = {k: v for k, v in d.items() if k not in _LEGACY_KEYS}
+        problems = cls.check(d)
+        if problems:
+            raise ValueError("; ".join(problems))
         return cls(**d)
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's parameters (fcos.engine.fit)."""
+
+    epochs: int = 12
+    optimizer: str = "sgd"           # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4       # not applied to norm and bias parameters
+    scheduler: str = "cosine"        # cosine | multistep
+    warmup_epochs: float = 1.0       # linear warmup, in epochs (fractions allowed)
+    milestones: tuple[float, ...] = (0.67, 0.89)   # multistep: fractions of training
+    gamma: float = 0.1
+    clip_grad_norm: float = 10.0     # 0: no clipping
+    amp: str = "none"                # none | fp16 (CUDA) | bf16 (CUDA and CPU)
+    channels_last: bool = False
+    sync_bn: bool = False            # DDP: BatchNorm statistics synchronised across ranks (SyncBatchNorm)
+    nonfinite: str = "stop"          # stop | skip: what a NaN/inf loss does
+    seed: int = 0
+    eval_every: int = 0              # validate every N epochs (0: never)
+    eval_backend: str = "faster"     # faster | pycocotools
+    extra: dict = field(default_factory=dict)   # free-form, stored in the checkpoint
+
+    RULES = {
+        "epochs": number(1, 100000, integer=True), "optimizer": choice("sgd", "adamw"),
+        "lr": number(0, 10, lo_open=True), "momentum": number(0, 1), "weight_decay": number(0, 1),
+        "scheduler": choice("cosine", "multistep"), "warmup_epochs": number(0, 100000),
+        "milestones": lambda v: of_type(list)(list(v) if isinstance(v, tuple) else v)
+        or next((f"item {i}: {m}" for i, x in enumerate(v) if (m := number(0, 1)(x))), None),
+        "gamma": number(0, 1, lo_open=True), "clip_grad_norm": number(0), "amp": choice("none", "fp16", "bf16"),
+        "channels_last": of_type(bool), "sync_bn": of_type(bool), "nonfinite": choice("stop", "skip"),
+        "seed": number(0, 2**32 - 1, integer=True), "eval_every": number(0, integer=True),
+        "eval_backend": choice("faster", "pycocotools"), "extra": of_type(dict),
+    }
+
+    def __post_init__(self):
+        self.milestones = tuple(self.milestones)
+        problems = self.check({f.name: getattr(self, f.name) for f in fields(self)})
+        if problems:
+            raise ValueError(problems[0])
+
+    @classmethod
+    def check(cls, values: dict) -> list[str]:
+        """'field: problem' lines for a dict of (some of) the fields; [] when they make a valid config."""
+        return _check(cls, values, cls.RULES, lambda v: [])

@@ -1,4 +1,4 @@
-"""The training and evaluation loops: `TrainConfig`, `train_one_epoch`, `evaluate`, `fit`.
+"""The training and evaluation loops: `train_one_epoch`, `predict_loader`, `evaluate`, `fit`.
 
 The model only has to follow the loss-dict contract (train mode: `model(images, targets)` -> dict of
 scalar losses with "final_loss"; eval mode: `model(images)` -> list of {"boxes", "scores", "labels"}).
@@ -11,7 +11,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -23,28 +23,8 @@ from . import distributed as dist
 from .callbacks import Callback, CallbackList, StopTraining, TrainState
 from .checkpoint import load_checkpoint, save_checkpoint
 from .coco_eval import coco_evaluate
+from .config import TrainConfig
 from .optim import build_optimizer, build_scheduler
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 12
-    optimizer: str = "sgd"           # sgd | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4       # not applied to norm and bias parameters
-    scheduler: str = "cosine"        # cosine | multistep
-    warmup_epochs: float = 1.0       # linear warmup, in epochs (fractions allowed)
-    milestones: tuple[float, ...] = (0.67, 0.89)   # multistep: fractions of training
-    gamma: float = 0.1
-    clip_grad_norm: float = 10.0     # 0: no clipping
-    amp: str = "none"                # none | fp16 (CUDA) | bf16 (CUDA and CPU)
-    channels_last: bool = False
-    nonfinite: str = "stop"          # stop | skip: what a NaN/inf loss does
-    seed: int = 0
-    eval_every: int = 0              # validate every N epochs (0: never)
-    eval_backend: str = "faster"     # faster | pycocotools
-    extra: dict = field(default_factory=dict)   # free-form, stored in the checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -179,10 +159,11 @@ def evaluate(model: nn.Module, loader, coco_gt, cat_ids: list[int], device: torc
     inference_seconds (whole loop), model_seconds, data_seconds, metric_seconds, ms_per_image."""
     device = torch.device(device)
     dets, timing = predict_loader(model, loader, device, amp, progress)
-    if dist.is_distributed():   # every rank saw its shard; rank 0 scores them all
+    if dist.is_distributed():   # every rank saw its own shard (build_loader(shard=True)): gather them all
         gathered = [None] * dist.world_size()
-        torch.distributed.all_gather_object(gathered, dets)
-        dets = np.concatenate(gathered)
+        torch.distributed.all_gather_object(gathered, (dets, timing["num_images"]))
+        dets = np.concatenate([d for d, _ in gathered])
+        timing["num_images"] = sum(n for _, n in gathered)
     if len(dets):
         dets[:, 6] = np.asarray(cat_ids)[dets[:, 6].astype(np.int64)]
     t = time.perf_counter()
@@ -206,6 +187,8 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     train_model = model
+    if dist.is_distributed() and cfg.sync_bn:
+        train_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)   # converts the modules in place
     if dist.is_distributed():
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     steps = len(train_loader)

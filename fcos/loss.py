@@ -10,6 +10,8 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from .config import FCOSConfig
 from .targets import assign_targets, centerness_target, pad_targets
 
+LOSS_NAMES = ("final_loss", "cls_loss", "reg_loss", "ctr_loss")   # the keys of FCOSLoss's dict
+
 
 def _positives_normaliser(num_pos: Tensor) -> Tensor:
     """max(1, positives per rank): under DDP the mean over ranks, so every rank divides by the same number."""

@@ -5,13 +5,12 @@ import torch
 from torch import Tensor, nn
 
 from .backbone import Backbone
-from .config import FCOSConfig
+from .config import DECODE_KEYS, FCOSConfig
 from .head import FCOSHead
 from .loss import FCOSLoss
 from .points import make_points
 from .postprocess import PostProcess
 from .transform import Transform
-from .winograd import use_winograd
 
 
 def _check_inputs(images: list[Tensor], targets: list[dict] | None, num_classes: int) -> None:
@@ -44,12 +43,13 @@ class FCOS(nn.Module):
     """FCOS detector. Training: `model(images, targets)` -> loss dict; evaluation: `model(images)` ->
     list of {"boxes" [K, 4] in input-image pixels, "scores" [K], "labels" [K]}."""
 
-    def __init__(self, num_classes: int = 20, backbone: str = "resnet18", weights: str | None = None,
-                 fpn_channels: int = 256, head_convs: int = 4, min_size: int | tuple = 320,
-                 max_size: int = 480, **kwargs):
+    def __init__(self, config: FCOSConfig | None = None, **kwargs):
+        """`FCOS(config)` or `FCOS(num_classes=20, backbone="resnet18", ...)`: keywords are FCOSConfig fields
+        (the one set of defaults), applied over `config` when both are given."""
         super().__init__()
-        cfg = FCOSConfig(num_classes=num_classes, backbone=backbone, weights=weights, fpn_channels=fpn_channels,
-                         head_convs=head_convs, min_size=min_size, max_size=max_size, **kwargs)
+        if config is not None and not isinstance(config, FCOSConfig):
+            raise TypeError(f"config must be an FCOSConfig, got {type(config).__name__}")
+        cfg = FCOSConfig(**{**(config.to_dict() if config else {}), **kwargs}) if kwargs or config is None else config
         self.config = cfg
         self.transform = Transform(cfg)
         self.backbone = Backbone(cfg)
@@ -57,13 +57,17 @@ class FCOS(nn.Module):
                              len(cfg.strides), cfg.prior_prob)
         self.criterion = FCOSLoss(cfg)
         self.postprocess = PostProcess(cfg)
-        if cfg.winograd:
-            use_winograd(self)
 
-    @classmethod
-    def from_config(cls, cfg: FCOSConfig | dict) -> "FCOS":
-        d = cfg.to_dict() if isinstance(cfg, FCOSConfig) else dict(cfg)
-        return cls(**d)
+    def set_decoding(self, **values) -> "FCOS":
+        """Change how detections are decoded (score_thresh, nms_thresh, topk_candidates, detections_per_img)
+        without touching the weights; returns the model."""
+        problems = [f"{k}: not a decoding setting" for k in values if k not in DECODE_KEYS]
+        problems += FCOSConfig.check(values)
+        if problems:
+            raise ValueError(problems[0])
+        for key, value in values.items():
+            setattr(self.config, key, value)   # PostProcess reads the shared config at every call
+        return self
 
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict] | None = None):
         images = list(images)

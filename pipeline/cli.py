@@ -11,11 +11,10 @@ import typer
 
 from .errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="FCOS object detection experiments: prepare -> train -> evaluate -> visualize, "
-                       "tracked in MLflow, tuned with Optuna.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file (or an overlay of it: a file "
+                                                                  "with `base: params.yaml` and the keys it changes).")]
 
 
 @contextmanager
@@ -38,6 +37,32 @@ def _user_errors():
         for line in message.splitlines():
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(getattr(e, "code", 2) if isinstance(e, UserError) else 2)
+
+
+def _version(value: bool) -> None:
+    """--version: this package's version and the torch stack it runs on (what a bug report needs)."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        ours = version("fcos-exp")
+    except PackageNotFoundError:
+        ours = "unknown (not installed)"
+    import platform
+
+    import torch
+    import torchvision
+    cuda = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s) visible" if torch.version.cuda else "no CUDA"
+    typer.echo(f"fcos-exp {ours}\ntorch {torch.__version__}, torchvision {torchvision.__version__} ({cuda})\n"
+               f"Python {platform.python_version()} on {platform.platform()}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and the torch/CUDA in use, then exit.")] = False):
+    """FCOS object detection experiments: prepare -> train -> evaluate -> visualize, tracked in MLflow,
+    tuned with Optuna."""
 
 
 def _setup(params_path: Path):
@@ -89,21 +114,36 @@ def predict(inputs: Annotated[list[Path], typer.Argument(help="Image files or fo
 
 
 @app.command()
+def use(config: Annotated[Path, typer.Argument(help="A config of experiments/ (an overlay of params.yaml).")],
+        params: ParamsOpt = Path("params.yaml")):
+    """Write a config's values into params.yaml (comments kept), so that `dvc repro` / `dvc exp run` run it."""
+    with _user_errors():
+        from .params import flatten, read_params, set_values
+        from .progress import stderr_console
+        current, wanted = flatten(read_params(params)), flatten(read_params(config))
+        values = {k: v for k, v in wanted.items() if current.get(k) != v}
+        set_values(params, values)
+        stderr_console().print(f"{params}: {len(values)} values set from {config}; `dvc repro` runs it "
+                               f"(`git diff {params}` shows them)")
+
+
+@app.command()
 def sync(params: ParamsOpt = Path("params.yaml")):
     """Send tracking data kept in models/mlflow_pending.jsonl while the MLflow server was unreachable."""
     with _user_errors():
         _setup(params)
         from .tracking import PENDING_FILE, sync_pending, tracking_uri
-        sent, ids = sync_pending()
-        if not sent:
+        sent, ids, dropped = sync_pending()
+        if not sent and not dropped:
             typer.echo(f"nothing to sync ({PENDING_FILE} is absent)", err=True)
         else:
             typer.echo(f"sent {sent} tracking operations to {tracking_uri()}"
-                       + (f"; new runs: {', '.join(ids.values())}" if ids else ""), err=True)
+                       + (f"; new runs: {', '.join(ids.values())}" if ids else "")
+                       + (f"; dropped {dropped} of runs that no longer exist" if dropped else ""), err=True)
 
 
 @app.command()
-def tune(trials: Annotated[Optional[int], typer.Option(help="Trials of the whole study (default tune.trials).")] = None,
+def tune(trials: Annotated[Optional[int], typer.Option(min=1, help="Trials of the whole study (default tune.trials).")] = None,
          storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file or an RDB URL.")] = None,
          study_name: Annotated[Optional[str], typer.Option(help="Study name (default tune.study_name).")] = None,
          apply: Annotated[bool, typer.Option("--apply", help="Write the best params found into --params.")] = False,
@@ -111,7 +151,7 @@ def tune(trials: Annotated[Optional[int], typer.Option(help="Trials of the whole
     """Search the training configuration with Optuna (TPE + pruning); every trial is a nested MLflow run."""
     with _user_errors():
         p, console = _setup(params)
-        from .tune_study import apply_best, run_study
+        from .tuning.study import apply_best, run_study
         if apply:
             best = apply_best(params)
             console.print(f"{params}: set {', '.join(f'{k}={v}' for k, v in best.items())}; `dvc repro` reproduces it")

@@ -1,87 +1,76 @@
-"""params.yaml: load (safe), validate (one line per problem) and turn into library configs."""
+"""params.yaml: load (safe; overlays merged over their base), validate (one line per problem) and turn
+into the library's configs. The model, decode and train sections are checked by fcos.config's own
+validators; the rest by the schema below."""
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fcos.config import DECODE_KEYS, FCOSConfig, TrainConfig, choice, number, of_type
+from fcos.coco_eval import STAT_NAMES
+
 from .errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = Path("params.yaml")
-
-def _num(lo=None, hi=None, integer=False, lo_open=False):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
-            return f"must be {'an integer' if integer else 'a number'}, got {v!r}"
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            return f"must be {'>' if lo_open else '>='} {lo}, got {v!r}"
-        if hi is not None and v > hi:
-            return f"must be <= {hi}, got {v!r}"
-    return check
+MAX_BYTES = 1_000_000          # a params file is a few KB; this refuses YAML alias bombs before parsing
+MAX_NODES = 20_000             # ... and after parsing, counting every value reached through aliases
+MODEL_KEYS = ("backbone", "weights", "freeze_bn", "trainable_layers", "fpn_channels", "head_convs", "gn_groups",
+              "min_size", "max_size", "center_sampling_radius")
+PIPELINE_TRAIN_KEYS = ("batch_size", "device")
 
 
-def _choice(*options):
-    return lambda v: None if v in options else f"must be one of {', '.join(map(str, options))}, got {v!r}"
+def _device(v) -> str | None:
+    if not isinstance(v, str):
+        return f"must be a string, got {v!r}"
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+        return f"must be auto, cpu, cuda, cuda:N or mps, got {v!r}"
+    return None
 
 
-def _type(t, optional=False):
-    names = {str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
-    return lambda v: None if (optional and v is None) or isinstance(v, t) else \
-        f"must be {names.get(t, t.__name__)}{' or null' if optional else ''}, got {v!r}"
+def _classes(v) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or not v or not all(isinstance(c, str) and c.strip() for c in v):
+        return f"must be null or a non-empty list of class names (quote names like yes/no/null), got {v!r}"
+    if len(set(v)) != len(v):
+        return f"must not repeat a class name, got {v!r}"
+    return None
 
 
-def _sizes(v):
-    vals = v if isinstance(v, list) else [v]
-    if not vals or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in vals):
-        return f"must be an integer >= 16 or a list of them, got {v!r}"
+def _nonempty(v) -> str | None:
+    return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
 
-
-def _backbone(v):
-    from fcos.config import RESNETS
-    if v not in RESNETS:
-        return f"unknown backbone {v!r} (one of {', '.join(RESNETS)})"
-
-
-_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 SCHEMA: dict[str, Any] = {
     "data": {
-        "format": _choice("shapes", "voc", "coco"), "root": _type(str), "train_split": _type(str),
-        "test_split": _type(str), "classes": _type(list, optional=True), "train_difficult": _type(bool),
-        "eval_difficult": _type(bool),
-        "coco": {k: _type(str, optional=True) for k in ("train_ann", "train_images", "test_ann", "test_images")},
-        "shapes": {"seed": _num(0, integer=True), "num_trainval": _num(2, integer=True),
-                   "num_test": _num(1, integer=True), "image_size": _num(32, 4096, integer=True),
-                   "min_radius": _num(0.01, 0.5), "colours": _choice("class", "random")},
-        "val_fraction": _num(0, 0.9), "strict": _type(bool), "num_workers": _num(0, 64, integer=True),
+        "format": choice("shapes", "voc", "coco"), "root": _nonempty, "train_split": _nonempty,
+        "test_split": _nonempty, "classes": _classes, "train_difficult": of_type(bool),
+        "eval_difficult": of_type(bool),
+        "coco": {k: of_type(str, optional=True) for k in ("train_ann", "train_images", "test_ann", "test_images")},
+        "shapes": {"seed": number(0, 2**32 - 1, integer=True), "num_trainval": number(2, 1_000_000, integer=True),
+                   "num_test": number(1, 1_000_000, integer=True), "image_size": number(32, 4096, integer=True),
+                   "min_radius": number(0.01, 0.5), "colours": choice("class", "random")},
+        "val_fraction": number(0, 0.9), "strict": of_type(bool), "num_workers": number(0, 64, integer=True),
     },
-    "model": {
-        "backbone": _backbone, "weights": _type(str, optional=True), "freeze_bn": _type(bool),
-        "trainable_layers": _num(0, 5, integer=True), "fpn_channels": _num(1, 4096, integer=True),
-        "head_convs": _num(0, 16, integer=True), "gn_groups": _num(1, 512, integer=True), "winograd": _type(bool),
-        "min_size": _sizes,
-        "max_size": _num(16, 10000, integer=True), "center_sampling_radius": _num(0, lo_open=True),
-        "score_thresh": _num(0, 1), "nms_thresh": _num(0, 1, lo_open=True),
-        "topk_candidates": _num(1, integer=True), "detections_per_img": _num(1, integer=True),
-    },
-    "train": {
-        "epochs": _num(1, 100000, integer=True), "batch_size": _num(1, 4096, integer=True),
-        "optimizer": _choice("sgd", "adamw"), "lr": _num(0, 10, lo_open=True), "momentum": _num(0, 1),
-        "weight_decay": _num(0, 1), "scheduler": _choice("cosine", "multistep"), "warmup_epochs": _num(0),
-        "milestones": _type(list), "gamma": _num(0, 1, lo_open=True), "clip_grad_norm": _num(0),
-        "amp": _choice("none", "fp16", "bf16"), "channels_last": _type(bool), "nonfinite": _choice("stop", "skip"),
-        "seed": _num(0, integer=True), "eval_every": _num(0, integer=True), "device": _type(str),
-    },
-    "eval": {"batch_size": _num(1, 4096, integer=True), "backend": _choice("faster", "pycocotools")},
-    "visualize": {"num_images": _num(1, 1000, integer=True), "score_thresh": _num(0, 1)},
-    "tracking": {"enabled": _type(bool), "experiment": _type(str), "log_every": _num(1, integer=True)},
-    "tune": {"space": _type(str), "trials": _num(1, integer=True), "metric": _choice(*_STATS),
-             "direction": _choice("maximize", "minimize"), "seed": _num(0, integer=True),
-             "pruner": _choice("hyperband", "median", "none"), "storage": _type(str, optional=True),
-             "study_name": _type(str), "heartbeat_seconds": _num(1, integer=True)},
+    "model": {},      # FCOSConfig.check
+    "decode": {},     # FCOSConfig.check
+    "train": {"batch_size": number(1, 4096, integer=True), "device": _device},   # + TrainConfig.check
+    "eval": {"batch_size": number(1, 4096, integer=True), "backend": choice("faster", "pycocotools"),
+             "winograd": of_type(bool)},
+    "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": number(0, 1)},
+    "tracking": {"enabled": of_type(bool), "experiment": _nonempty, "log_every": number(1, 100000, integer=True)},
+    "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),
+             "direction": choice("maximize", "minimize"), "seed": number(0, 2**32 - 1, integer=True),
+             "pruner": choice("hyperband", "median", "none"), "storage": of_type(str, optional=True),
+             "study_name": _nonempty, "heartbeat_seconds": number(1, 3600, integer=True)},
 }
+# Keys of the sections that library configs validate (so unknown and missing keys are still reported).
+DELEGATED = {"model": MODEL_KEYS, "decode": DECODE_KEYS,
+             "train": PIPELINE_TRAIN_KEYS + tuple(k for k in TrainConfig.RULES if k not in ("eval_backend", "extra"))}
 
 
 def _validate(node: Any, schema: Any, where: str, problems: list[str]) -> None:
@@ -89,55 +78,117 @@ def _validate(node: Any, schema: Any, where: str, problems: list[str]) -> None:
         if not isinstance(node, dict):
             problems.append(f"{where or 'params'}: must be a mapping, got {node!r}")
             return
-        for key in node:
-            if key not in schema:
-                problems.append(f"{where + '.' if where else ''}{key}: unknown key")
-        for key, sub in schema.items():
+        keys = DELEGATED.get(where, ())
+        expected = list(schema) + [k for k in keys if k not in schema]
+        problems += [f"{where + '.' if where else ''}{key}: unknown key" for key in node if key not in expected]
+        for key in expected:
             path = f"{where}.{key}" if where else key
             if key not in node:
                 problems.append(f"{path}: missing")
-            else:
-                _validate(node[key], sub, path, problems)
+            elif key in schema:
+                _validate(node[key], schema[key], path, problems)
+        if where in DELEGATED:
+            values = {k: v for k, v in node.items() if k in keys and k not in schema}
+            if where == "train":
+                problems += [f"train.{p}" for p in TrainConfig.check(values)]
+            elif where == "model":
+                problems += [f"model.{p}" for p in FCOSConfig.check(_tupled(values))]
+            elif where == "decode":
+                problems += [f"decode.{p}" for p in FCOSConfig.check(values)]
         return
     message = schema(node)
     if message:
         problems.append(f"{where}: {message}")
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
-    """Read and validate; UserError lists every problem, one per line, each prefixed with the file."""
-    path = Path(path)
-    try:
-        params = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: params file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+def _tupled(model: dict) -> dict:
+    return {**model, "min_size": tuple(model["min_size"])} if isinstance(model.get("min_size"), list) else model
+
+
+def validate(params: Any) -> list[str]:
+    """Every problem of a full params dict, one 'section.key: problem' line each."""
     problems: list[str] = []
     _validate(params if params is not None else {}, SCHEMA, "", problems)
-    if not problems:
-        m = params["model"]
-        if m["fpn_channels"] % m["gn_groups"]:
-            problems.append(f"model.gn_groups: must divide model.fpn_channels ({m['fpn_channels']}), got {m['gn_groups']}")
-        sizes = m["min_size"] if isinstance(m["min_size"], list) else [m["min_size"]]
-        if m["max_size"] < max(sizes):
-            problems.append(f"model.max_size: must be >= model.min_size ({max(sizes)}), got {m['max_size']}")
+    return problems
+
+
+def _count_nodes(node: Any, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise UserError("too many values (a YAML alias bomb?)")
+    for child in node.values() if isinstance(node, dict) else node if isinstance(node, list) else ():
+        _count_nodes(child, budget)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        if path.is_file() and path.stat().st_size > MAX_BYTES:
+            raise UserError(f"{path}: larger than {MAX_BYTES // 1000} KB: not a params file")
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        _count_nodes(data, [MAX_NODES])
+        return data
+    except FileNotFoundError:
+        raise UserError(f"{path}: params file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a params file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UserError as e:
+        raise UserError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply") from None
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """A copy of `base` with `overlay`'s values set, section by section (a mapping merges, any other value
+    replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_params(path: str | Path = DEFAULT_PARAMS, _seen: tuple = ()) -> dict:
+    """The params of a file, unvalidated. A file with a top-level `base: OTHER.yaml` is an overlay: only
+    the keys it sets differ from OTHER (a path relative to the working directory, like every path)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str):
+        raise UserError(f"{path}: base: must be the path of a params file, got {base!r}")
+    if Path(base).resolve() in _seen or len(_seen) > 8:
+        raise UserError(f"{path}: base: {base} includes itself")
+    return merge(read_params(base, (*_seen, path.resolve())), data)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    """Read (overlays merged) and validate; UserError lists every problem, one per line, each prefixed with
+    the file."""
+    params = read_params(path)
+    problems = validate(params)
     if problems:
         raise UserError("\n".join(f"{path}: {p}" for p in problems))
     return params
 
 
-def model_config(params: dict, num_classes: int):
-    from fcos import FCOSConfig
-    m = dict(params["model"])
-    m["min_size"] = tuple(m["min_size"]) if isinstance(m["min_size"], list) else m["min_size"]
-    return FCOSConfig(num_classes=num_classes, **m)
+def model_config(params: dict, num_classes: int, decode: bool = False) -> FCOSConfig:
+    """The detector's config from the model section (and the decode section when asked: inference
+    stages; training keeps FCOSConfig's decoding defaults so that changing decode never retrains)."""
+    values = _tupled(dict(params["model"]))
+    if decode:
+        values.update(params["decode"])
+    return FCOSConfig(num_classes=num_classes, **values)
 
 
-def train_config(params: dict):
-    from fcos.engine import TrainConfig
-    t = {k: v for k, v in params["train"].items() if k not in ("batch_size", "device")}
-    t["milestones"] = tuple(t["milestones"])
+def train_config(params: dict) -> TrainConfig:
+    t = {k: v for k, v in params["train"].items() if k not in PIPELINE_TRAIN_KEYS}
     return TrainConfig(**t, eval_backend=params["eval"]["backend"])
 
 
@@ -153,8 +204,47 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def device_of(params: dict):
+    """train.device as a torch.device; a clear error for CUDA on a machine without it."""
     import torch
     d = params["train"]["device"]
     if d == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device: {d} asked for, but torch sees no CUDA GPU here (use auto or cpu)")
+    if d.startswith("cuda:") and int(d[5:]) >= torch.cuda.device_count():
+        raise UserError(f"train.device: {d} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+    if d == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError("train.device: mps asked for, but this torch has no MPS device")
     return torch.device(d)
+
+
+
+def set_values(path: str | Path, values: dict[str, Any]) -> None:
+    """Set dotted keys ({"train.lr": 0.01, "data.coco.train_ann": "a.json"}) in a params file in place,
+    keeping its comments and layout (ruamel.yaml round trip); the result must validate."""
+    from io import StringIO
+
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 4096
+    doc = rt.load(path.read_text(encoding="utf-8"))
+    for key, value in values.items():
+        node, *parents = doc, *key.split(".")[:-1]
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise UserError(f"{path}: {key}: no such section to set")
+            node = node[part]
+        leaf = key.split(".")[-1]
+        if leaf not in node:
+            raise UserError(f"{path}: {key}: not a params key")
+        node[leaf] = value
+    text = StringIO()
+    rt.dump(doc, text)
+    problems = validate(yaml.safe_load(text.getvalue()))
+    if problems:
+        raise UserError("\n".join(f"{path}: {p}" for p in problems))
+    from .artifacts import write_text
+    write_text(path, text.getvalue())

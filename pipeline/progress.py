@@ -1,16 +1,13 @@
-"""Rich progress for training (loss, images/s) and a per-epoch results line; logs go to stderr."""
+"""Rich progress for long work (training: loss, images/s, and a results line per epoch); on stderr."""
 from __future__ import annotations
 
-import csv
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fcos.callbacks import Callback
-
-LOSSES = ("final_loss", "cls_loss", "reg_loss", "ctr_loss")
+from fcos.loss import LOSS_NAMES
 
 
 def stderr_console() -> Console:
@@ -49,7 +46,7 @@ class ProgressCallback(Callback):
                              info=f"loss {losses['final_loss']:.3f} lr {lr:.2e} {ips:.1f} img/s")
 
     def on_epoch_end(self, state, summary):
-        losses = "  ".join(f"{k} {summary[k]:.4f}" for k in LOSSES if k in summary)
+        losses = "  ".join(f"{k} {summary[k]:.4f}" for k in LOSS_NAMES if k in summary)
         val = f"  val AP50 {summary['val_AP50']:.3f}" if summary.get("val_AP50") is not None else ""
         self.console.print(f"epoch {state.epoch + 1:>3}/{state.epochs}  {losses}{val}  "
                            f"{summary['images_per_second']:.1f} img/s  {summary['seconds']:.0f} s")
@@ -58,29 +55,3 @@ class ProgressCallback(Callback):
         if self.progress is not None:
             self.progress.stop()
 
-
-class StepLog(Callback):
-    """plots/train_steps.csv for `dvc plots`: step, epoch, lr and every loss; on resume the rows past the
-    checkpoint are dropped so the file matches a run never stopped."""
-
-    def __init__(self, path: Path, resume_step: int = 0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if resume_step and self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self.file = open(self.path, "w", newline="")
-        self.writer = csv.DictWriter(self.file, ["step", "epoch", "lr", *LOSSES])
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-
-    def on_step_end(self, state, losses, lr):
-        self.writer.writerow({"step": state.global_step, "epoch": state.epoch + 1, "lr": f"{lr:.6g}",
-                              **{k: f"{losses[k]:.6g}" for k in LOSSES}})
-
-    def on_epoch_end(self, state, summary):
-        self.file.flush()
-
-    def on_train_end(self, state, error):
-        self.file.close()

@@ -43,8 +43,16 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     assert len(client.get_metric_history(run_id, "train/final_loss")) == 3
     assert len(client.get_metric_history(run_id, "train/lr")) == 3
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"model", "metrics", "figures", "detections", "eval"} <= artifacts
-    assert "model/model.pt" in {a.path for a in client.list_artifacts(run_id, "model")}
+    assert {"metrics", "figures", "detections", "eval"} <= artifacts
+    # MLflow 3's UI: a model-training experiment, the checkpoint as the run's model, the data as an input
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    (model_out,) = run.outputs.model_outputs
+    model = client.get_logged_model(model_out.model_id)
+    assert model.source_run_id == run_id and str(model.status) == "READY"
+    assert "model.pt" in {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "shapes-prepared" and dataset.dataset.source.endswith("data/prepared")
 
     out = project / "pred"
     r = run_cli("predict", str(project / "data/prepared/shapes/VOCdevkit/VOC2007/JPEGImages"), "--out", str(out),

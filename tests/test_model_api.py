@@ -72,13 +72,48 @@ def test_bad_input_raises_value_error_naming_the_image(model, images, targets, m
 
 def test_config_round_trip_and_validation():
     m = tiny()
-    again = FCOS.from_config(m.config.to_dict())
+    again = FCOS(FCOSConfig.from_dict(m.config.to_dict()))
     assert again.config == m.config
     assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in m.parameters())
     with pytest.raises(ValueError, match="backbone 'resnet9'"):
         FCOSConfig(backbone="resnet9")
-    with pytest.raises(ValueError, match="divisible by gn_groups"):
+    with pytest.raises(ValueError, match="gn_groups: must divide fpn_channels"):
         FCOSConfig(fpn_channels=30, gn_groups=16)
+    with pytest.raises(ValueError, match="backbone 'vgg16'"):   # a torchvision model, but not a ResNet
+        FCOS(backbone="vgg16")
+    for bad in ({"nms_thresh": float("nan")}, {"score_thresh": float("inf")}, {"min_size": [0]},
+                {"freeze_bn": 1}, {"strides": (8, 16)}):
+        key = next(iter(bad))
+        with pytest.raises(ValueError, match=f"^{key}: "):
+            FCOSConfig(**bad)
+    assert FCOSConfig.check({"fpn_channels": 64, "gn_groups": 16}) == []
+    assert FCOSConfig.check({"colour": 1}) == ["colour: unknown key"]
+    legacy = FCOSConfig.from_dict({**m.config.to_dict(), "winograd": True})   # checkpoints of earlier versions
+    assert legacy == m.config
+    with pytest.raises(TypeError):
+        FCOS({"num_classes": 3})
+
+
+def test_one_config_path():
+    cfg = FCOSConfig(num_classes=3, fpn_channels=32, head_convs=1, min_size=96, max_size=160)
+    assert FCOS(cfg).config is cfg
+    assert FCOS(cfg, num_classes=5).config == FCOSConfig(**{**cfg.to_dict(), "num_classes": 5})
+    assert FCOS().config == FCOSConfig()   # FCOS's defaults are FCOSConfig's
+
+
+def test_set_decoding_changes_detections_not_weights():
+    torch.manual_seed(0)
+    m = tiny(score_thresh=0.0).eval()
+    images = [torch.rand(3, 100, 120)]
+    with torch.no_grad():
+        many = m(images)[0]
+        few = m.set_decoding(detections_per_img=3, nms_thresh=0.3)(images)[0]
+    assert len(few["scores"]) == 3 and len(many["scores"]) > 3
+    torch.testing.assert_close(few["scores"], many["scores"][:3])
+    with pytest.raises(ValueError, match="backbone: not a decoding setting"):
+        m.set_decoding(backbone="resnet34")
+    with pytest.raises(ValueError, match="nms_thresh: must be"):
+        m.set_decoding(nms_thresh=0)
 
 
 def test_weights_from_a_local_state_dict_file(tmp_path):

@@ -239,7 +239,7 @@ def test_bad_options_are_one_line(project, args, message):
 
 def test_reproduce_command_diffs_against_the_runs_commit(tmp_path, monkeypatch):
     """-S lists the logged params that differ from params.yaml at the run's commit, quoted for the shell."""
-    from pipeline.report import Row, reproduce_command
+    from pipeline.report.build import Row, reproduce_command
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)

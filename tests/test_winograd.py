@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcos import FCOS
-from fcos.fuse import for_inference
+from fcos.inference import for_inference
 from fcos.winograd import WinogradConv2d, use_winograd
 
 
@@ -41,8 +41,10 @@ def test_large_map_is_computed_in_chunks_with_the_same_result(monkeypatch):
         monkeypatch.setattr("fcos.winograd.TILE_BUDGET", 7)   # 6 tiles per row: one row per chunk
         chunked = wino(x)
         want = reference(conv, x)
-    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
-    torch.testing.assert_close(chunked.double(), want, rtol=0, atol=1e-4)
+    # Not bit-equal on every CPU: oneDNN/MKL pick other matmul blockings for other tile counts (AVX512).
+    scale = float(want.abs().max())
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(chunked.double(), want, rtol=0, atol=2e-5 * scale)
 
 
 def test_small_maps_other_dtypes_and_autocast_run_the_convolution_itself():
@@ -85,25 +87,18 @@ def test_training_runs_the_direct_convolution_and_the_kernel_cache_follows_the_w
     torch.testing.assert_close(after - bias, 2 * (before - bias), rtol=1e-4, atol=1e-4)
 
 
-def test_model_with_winograd_equals_the_direct_model():
+def test_for_inference_with_winograd_equals_the_direct_copy():
     torch.manual_seed(0)
-    kwargs = dict(num_classes=3, fpn_channels=256, head_convs=1, gn_groups=32, min_size=256, max_size=320)
-    model = FCOS(**kwargs, winograd=True)
-    direct = FCOS(**kwargs, winograd=False)
-    direct.load_state_dict(model.state_dict())   # same keys: WinogradConv2d is a Conv2d
+    model = FCOS(num_classes=3, fpn_channels=256, head_convs=1, gn_groups=32, min_size=256, max_size=320).eval()
+    fast, direct = for_inference(model), for_inference(model, winograd=False)
     # ResNet-18 layer3 and layer4 3 each (not the strided first convs), FPN outputs 3, one per head tower;
     # at 256 x 320 the maps of P3, P4 and layer3 (32 x 40, 16 x 20) are large enough to run Winograd.
-    assert sum(isinstance(m, WinogradConv2d) for m in model.modules()) == 11
-    assert not any(isinstance(m, WinogradConv2d) for m in direct.modules())
+    assert sum(isinstance(m, WinogradConv2d) for m in fast.modules()) == 11
+    assert not any(isinstance(m, WinogradConv2d) for m in [*direct.modules(), *model.modules()])
+    assert fast.state_dict().keys() == direct.state_dict().keys()   # same keys: WinogradConv2d is a Conv2d
     images = [torch.rand(3, 256, 320), torch.rand(3, 200, 180)]
-    targets = [{"boxes": torch.tensor([[20.0, 30.0, 150.0, 200.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[5.0, 5.0, 90.0, 60.0], [50.0, 40.0, 170.0, 190.0]]),
-                "labels": torch.tensor([0, 2])}]
-    losses = [m.train()(images, targets) for m in (model, direct)]
-    assert all(torch.equal(losses[0][k], losses[1][k]) for k in losses[0])   # training: direct convolution
-    model.eval(), direct.eval()
     with torch.no_grad():
-        wanted, got = direct(images), for_inference(model)(images)
+        wanted, got = direct(images), fast(images)
     for want, have in zip(wanted, got):
         assert len(want["scores"]) > 0
         torch.testing.assert_close(have["scores"][:20], want["scores"][:20], rtol=1e-4, atol=1e-5)

@@ -1,32 +1,22 @@
-"""Stage evaluate: COCO metrics of models/model.pt on the test split -> metrics/eval.json, plots/per_class_ap.csv."""
+"""Stage evaluate: COCO metrics of models/model.pt on the test split -> metrics/eval.json,
+plots/per_class_ap.csv. Under torchrun each rank scores its shard of the test images."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import os
 
 from rich.console import Console
 from rich.table import Table
 
+from fcos import distributed as dist
+from fcos.coco_eval import STAT_NAMES as STATS
+from fcos.files import atomic_write
+
+from ..artifacts import EVAL_METRICS, MODEL, PER_CLASS_CSV, PREPARED, load_dataset, load_trained, write_json
 from ..errors import UserError
 from ..params import device_of
 from ..progress import bar
 from ..tracking import Tracker
-from .prepare import PREPARED
-from .train import MODEL, _dataset, write_json
-
-EVAL_METRICS = Path("metrics/eval.json")
-PER_CLASS_CSV = Path("plots/per_class_ap.csv")
-STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
-
-
-def load_trained(device):
-    """The trained model made for inference (BatchNorm folded, channels_last) and its class names."""
-    from fcos.checkpoint import load_model
-    from fcos.fuse import for_inference
-    if not MODEL.is_file():
-        raise UserError(f"{MODEL}: not found; run `fcos-exp train` (or `dvc repro`) first")
-    model, classes = load_model(MODEL, device)
-    return for_inference(model), classes
 
 
 def map_table(metrics: dict, title: str = "COCO bbox metrics (test split)") -> Table:
@@ -45,23 +35,29 @@ def run(params: dict, console) -> dict:
     from fcos.data import build_loader
     from fcos.engine import evaluate
 
-    device = device_of(params)
-    model, classes = load_trained(device)
-    test_ds = _dataset("test")
+    device = dist.init_distributed() if "RANK" in os.environ else device_of(params)
+    model, classes = load_trained(params, device)
+    test_ds = load_dataset("test")
     if test_ds.classes != classes:
         raise UserError(f"{MODEL}: trained on classes {classes}, but the test split has {test_ds.classes}")
-    loader = build_loader(test_ds, params["eval"]["batch_size"], num_workers=params["data"]["num_workers"])
+    loader = build_loader(test_ds, params["eval"]["batch_size"], num_workers=params["data"]["num_workers"],
+                          shard=True)
     with bar(console) as progress:
         task = progress.add_task("evaluate", total=len(loader), info="")
         m = evaluate(model, loader, PREPARED / "test.json", test_ds.cat_ids, device, params["eval"]["backend"],
                      params["train"]["amp"], progress=lambda done, total: progress.update(task, completed=done))
+    main = dist.is_main_process()
+    if dist.is_distributed():
+        import torch
+        torch.distributed.destroy_process_group()
+    if not main:   # rank 0 writes and logs the metrics of all shards
+        return {}
     result = {**{k: m[k] for k in STATS}, "per_class_AP50": m["per_class_AP50"], "per_class_AP": m["per_class_AP"],
               "inference_seconds": m["inference_seconds"], "model_seconds": m["model_seconds"],
               "data_seconds": m["data_seconds"], "metric_seconds": m["metric_seconds"],
               "ms_per_image": m["ms_per_image"], "num_images": m["num_images"]}
     write_json(EVAL_METRICS, result)
-    PER_CLASS_CSV.parent.mkdir(parents=True, exist_ok=True)
-    with open(PER_CLASS_CSV, "w", newline="") as f:
+    with atomic_write(PER_CLASS_CSV) as f:
         w = csv.writer(f)
         w.writerow(["class", "AP50", "AP"])
         for c in classes:

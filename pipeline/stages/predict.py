@@ -4,25 +4,42 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..artifacts import load_trained, write_text
 from ..errors import UserError
 from ..params import device_of
-from .evaluate import load_trained
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
 def collect(inputs: list[Path]) -> list[Path]:
+    """The image files named or held (not recursively) by `inputs`, in order, each once."""
     files: list[Path] = []
     for p in inputs:
         if p.is_dir():
             files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
+        elif p.exists():
             files.append(p)
         else:
             raise UserError(f"{p}: no such file or folder")
-    if not files:
+    unique = list(dict.fromkeys(files))
+    if not unique:
         raise UserError(f"no images found in {', '.join(map(str, inputs))}")
-    return files
+    return unique
+
+
+def output_names(files: list[Path], out_dir: Path) -> list[Path]:
+    """<stem>.png per image in out_dir; a stem met again gets -2, -3, ... (a/x.jpg and b/x.jpg both kept).
+    An output that would replace an input image is refused: predict never writes over its inputs."""
+    taken: dict[str, int] = {}
+    outs = []
+    for f in files:
+        n = taken[f.stem.lower()] = taken.get(f.stem.lower(), 0) + 1
+        outs.append(out_dir / (f"{f.stem}.png" if n == 1 else f"{f.stem}-{n}.png"))
+    inputs = {f.resolve() for f in files}
+    clash = next((o for o in outs if o.resolve() in inputs), None)
+    if clash is not None or (out_dir / "detections.json").resolve() in inputs:
+        raise UserError(f"{out_dir}: writing there would replace the input image {clash}; choose another --out")
+    return outs
 
 
 def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: float | None) -> dict:
@@ -34,14 +51,15 @@ def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: 
     from ..progress import bar
 
     files = collect(inputs)
+    outs = output_names(files, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = device_of(params)
-    model, classes = load_trained(device)
+    model, classes = load_trained(params, device)
     thresh = params["visualize"]["score_thresh"] if score_thresh is None else score_thresh
     results, skipped = [], 0
     with bar(console) as progress:
         task = progress.add_task("predict", total=len(files), info="")
-        for f in files:
+        for f, out in zip(files, outs):
             progress.advance(task)
             try:
                 image = load_image(f)
@@ -53,10 +71,11 @@ def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: 
                 det = model([to_tensor(image).to(device)])[0]
             keep = det["scores"] >= thresh
             boxes, scores, labels = (det[k][keep].cpu() for k in ("boxes", "scores", "labels"))
-            draw_boxes(image, boxes, labels, classes, scores).save(out_dir / f"{f.stem}.png")
-            results.append({"file": str(f), "width": image.width, "height": image.height, "detections": [
-                {"box": [round(v, 2) for v in b], "score": round(float(s), 4), "label": classes[int(c)]}
-                for b, s, c in zip(boxes.tolist(), scores, labels)]})
-    (out_dir / "detections.json").write_text(json.dumps(results, indent=2))
+            draw_boxes(image, boxes, labels, classes, scores).save(out)
+            results.append({"file": str(f), "output": str(out), "width": image.width, "height": image.height,
+                            "detections": [{"box": [round(v, 2) for v in b], "score": round(float(s), 4),
+                                            "label": classes[int(c)]}
+                                           for b, s, c in zip(boxes.tolist(), scores, labels)]})
+    write_text(out_dir / "detections.json", json.dumps(results, indent=2))
     console.print(f"{len(results)} images annotated in {out_dir}/ (detections.json), {skipped} skipped")
     return {"images": len(results), "skipped": skipped}

@@ -1,14 +1,12 @@
 """Stage prepare: generate or read the dataset, check the annotations, write COCO json per split."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import PREPARED, write_json
 from ..errors import UserError
-
-PREPARED = Path("data/prepared")
 
 
 def _records(params: dict, report):
@@ -20,8 +18,11 @@ def _records(params: dict, report):
         missing = [k for k in ("train_ann", "test_ann") if not c[k]]
         if missing:
             raise UserError(f"params: data.coco.{missing[0]} must name a COCO instances json for format coco")
-        train, classes, cat_ids = read_coco(c["train_ann"], c["train_images"], report, check_images=True)
-        test, test_classes, _ = read_coco(c["test_ann"], c["test_images"], report, check_images=True)
+        root = Path(d["root"])   # relative COCO paths are relative to data.root (a dvc.yaml dependency)
+        train, classes, cat_ids = read_coco(root / c["train_ann"], c["train_images"] and root / c["train_images"],
+                                            report, check_images=True)
+        test, test_classes, _ = read_coco(root / c["test_ann"], c["test_images"] and root / c["test_images"],
+                                          report, check_images=True)
         if test_classes != classes:
             raise UserError(f"{c['test_ann']}: categories differ from {c['train_ann']}")
         return train, test, classes, cat_ids
@@ -37,17 +38,32 @@ def _records(params: dict, report):
     return train, test, classes, list(range(1, len(classes) + 1))
 
 
+def _source(params: dict, split: str) -> str:
+    d = params["data"]
+    if d["format"] == "coco":
+        return str(Path(d["root"]) / d["coco"][f"{split}_ann"])
+    if d["format"] == "voc":
+        return str(Path(d["root"]) / "ImageSets" / "Main" / f"{d[f'{split}_split']}.txt")
+    return "data.shapes"
+
+
 def run(params: dict, console) -> dict:
     """Writes data/prepared/{train,val,test}.json and summary.json; returns the summary."""
     from fcos.data import DataReport, write_coco
     PREPARED.mkdir(parents=True, exist_ok=True)
     report = DataReport(strict=params["data"]["strict"])
     train, test, classes, cat_ids = _records(params, report)
+    for split, records in (("train", train), ("test", test)):
+        if not records:
+            raise UserError(f"{_source(params, split)}: the {split} split has no usable images")
     rng = np.random.default_rng(params["train"]["seed"])
     order = rng.permutation(len(train))
     n_val = int(round(params["data"]["val_fraction"] * len(train)))
     val = [train[i] for i in sorted(order[:n_val])]
     train = [train[i] for i in sorted(order[n_val:])]
+    if not train:
+        raise UserError(f"data.val_fraction: {params['data']['val_fraction']} leaves no training image "
+                        f"of {len(val)}")
     ignore_difficult = not params["data"]["eval_difficult"]
     write_coco(PREPARED / "train.json", train, classes, cat_ids, False)
     write_coco(PREPARED / "val.json", val, classes, cat_ids, ignore_difficult)
@@ -56,7 +72,7 @@ def run(params: dict, console) -> dict:
                "images": {"train": len(train), "val": len(val), "test": len(test)},
                "boxes": {k: int(sum(len(r.boxes) for r in v)) for k, v in (("train", train), ("val", val), ("test", test))},
                "problems": dict(report.counts), "problem_lines": report.lines[:1000]}
-    (PREPARED / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(PREPARED / "summary.json", summary)
     console.print(f"[bold]prepared[/] {summary['images']} images, {summary['boxes']} boxes, "
                   f"{len(classes)} classes; {report.summary()}")
     return summary

@@ -1,82 +1,93 @@
-"""Stage train: fit the detector on data/prepared/train.json; writes models/model.pt and metrics/train.json."""
+"""Stage train: fit the detector on data/prepared/train.json; writes models/model.pt, metrics/train.json and
+plots/train_steps.csv, tracked as one MLflow run."""
 from __future__ import annotations
 
-import json
+import fcntl
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from fcos import FCOSConfig
+from fcos import distributed as dist
+from fcos.config import DECODE_KEYS
+
+from ..artifacts import MODEL, PREPARED, STEPS_CSV, TRAIN_METRICS, load_dataset, write_json
 from ..errors import UserError
-from ..params import device_of, flatten, model_config, train_config
-from ..progress import ProgressCallback, StepLog
-from ..tracking import MlflowCallback, Tracker, dataset_hash, git_commit
-from .prepare import PREPARED
+from ..params import device_of, flatten, model_config
+from ..progress import ProgressCallback
+from ..provenance import dataset_hash, git_commit
+from ..steplog import StepLog
+from ..tracking import MlflowCallback, Tracker
+from ..training import train
 
-MODEL = Path("models/model.pt")
-TRAIN_METRICS = Path("metrics/train.json")
-STEPS_CSV = Path("plots/train_steps.csv")
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+LOCK = Path("models/.train.lock")
 
 
-def _dataset(name: str, **kwargs):
-    from fcos.data import CocoDataset
-    path = PREPARED / f"{name}.json"
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `fcos-exp prepare` (or `dvc repro`) first")
-    return CocoDataset(path, **kwargs)
+@contextmanager
+def _only_training_here():
+    """One `fcos-exp train` per folder: a second one stops at once instead of overwriting the first's
+    checkpoint (the lock goes with the process, also when it is killed)."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{MODEL}: another `fcos-exp train` is running in this folder; wait for it "
+                            "or stop it") from None
+        yield
+
+
+def _check_resumable(params: dict) -> int:
+    """The checkpoint's global step, after checking it was trained with the same model and classes."""
+    from fcos.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(MODEL)
+    names = load_dataset("train").classes
+    if list(ckpt["classes"]) != names:
+        raise UserError(f"{MODEL}: trained on classes {ckpt['classes']}, but data/prepared has {names}; "
+                        "train without --resume")
+    saved = FCOSConfig.from_dict({**ckpt["model_config"], "weights": None})
+    wanted = model_config(params, len(names))
+    differ = [k for k, v in wanted.to_dict().items() if k not in (*DECODE_KEYS, "weights") and saved.to_dict()[k] != v]
+    if differ:
+        raise UserError(f"{MODEL}: trained with other model params ({', '.join(f'model.{k}' for k in differ)}); "
+                        "train without --resume")
+    return int(ckpt["global_step"])
 
 
 def run(params: dict, console, resume: bool = False) -> dict:
     import torch
 
-    from fcos import FCOS
-    from fcos import distributed as dist
-    from fcos.checkpoint import load_checkpoint
-    from fcos.data import build_loader
-    from fcos.engine import fit, seed_everything
-
     device = dist.init_distributed() if "RANK" in os.environ else device_of(params)
-    d, t = params["data"], params["train"]
-    train_ds = _dataset("train", train=True, use_difficult=d["train_difficult"])
-    seed_everything(t["seed"])   # the initial weights too come from the seed
-    model = FCOS.from_config(model_config(params, len(train_ds.classes)))
-    loader = build_loader(train_ds, t["batch_size"], shuffle=True, num_workers=d["num_workers"], seed=t["seed"],
-                          distributed=dist.is_distributed())
-    val_loader = val_ds = None
-    if t["eval_every"]:
-        val_ds = _dataset("val")
-        val_loader = build_loader(val_ds, params["eval"]["batch_size"], num_workers=d["num_workers"])
-    resume = resume and MODEL.is_file()
-    resume_step = load_checkpoint(MODEL)["global_step"] if resume else 0
     main = dist.is_main_process()
-    with Tracker(params if main else {**params, "tracking": {**params["tracking"], "enabled": False}},
-                 new_run=not resume) as tracker:
-        if not resume:
-            tracker.log_params(flatten(params))
-            tracker.set_tags({"git_commit": git_commit(), "dataset_hash": dataset_hash(), "seed": t["seed"],
-                              "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), "backbone": params["model"]["backbone"]})
-        callbacks = [ProgressCallback(console, t["batch_size"] * dist.world_size()), StepLog(STEPS_CSV, resume_step),
-                     MlflowCallback(tracker, params["tracking"]["log_every"])]
-        result = fit(model, loader, train_config(params), checkpoint_path=MODEL, classes=train_ds.classes,
-                     callbacks=callbacks if main else [], val_loader=val_loader, val_gt=val_ds and PREPARED / "val.json",
-                     val_cat_ids=val_ds and val_ds.cat_ids, resume=resume, device=device)
-        history = result["history"]
-        last = history[-1] if history else {}
-        summary = {**{k: last.get(k) for k in ("final_loss", "cls_loss", "reg_loss", "ctr_loss")},
-                   "epochs": result["epochs"], "steps": result["steps"],
-                   "train_seconds": sum(h["seconds"] for h in history),
-                   "images_per_second": sum(h["images_per_second"] for h in history) / max(1, len(history)),
-                   "num_images": len(train_ds), "stopped_early": result["stopped_early"]}
-        if main:
-            write_json(TRAIN_METRICS, summary)
-            tracker.log_metrics({f"train_summary/{k}": v for k, v in summary.items() if k != "stopped_early"})
-            tracker.log_artifact(MODEL, "model")
-            tracker.log_artifact(TRAIN_METRICS, "metrics")
+    with _only_training_here() if main else nullcontext():
+        resume = resume and MODEL.is_file()
+        resume_step = _check_resumable(params) if resume else 0
+        t = params["train"]
+        tracking = params if main else {**params, "tracking": {**params["tracking"], "enabled": False}}
+        with Tracker(tracking, new_run=not resume, system_metrics=True) as tracker:
+            if not resume:
+                tracker.log_params(flatten(params))
+                tracker.set_tags({"git_commit": git_commit(), "dataset_hash": dataset_hash(), "seed": t["seed"],
+                                  "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
+                                  "backbone": params["model"]["backbone"]})
+                tracker.log_dataset(f"{params['data']['format']}-prepared", dataset_hash(), str(PREPARED.resolve()))
+            callbacks = [ProgressCallback(console, t["batch_size"] * dist.world_size()),
+                         StepLog(STEPS_CSV, resume_step), MlflowCallback(tracker, params["tracking"]["log_every"])]
+            result = train(params, MODEL, callbacks if main else [], device, resume=resume)
+            history = result["history"]
+            last = history[-1] if history else {}
+            summary = {**{k: last.get(k) for k in ("final_loss", "cls_loss", "reg_loss", "ctr_loss")},
+                       "epochs": result["epochs"], "steps": result["steps"],
+                       "train_seconds": sum(h["seconds"] for h in history),
+                       "images_per_second": sum(h["images_per_second"] for h in history) / max(1, len(history)),
+                       "num_images": result["num_images"], "stopped_early": result["stopped_early"]}
+            if main:
+                write_json(TRAIN_METRICS, summary)
+                tracker.log_metrics({f"train_summary/{k}": v for k, v in summary.items() if k != "stopped_early"})
+                tracker.log_model(MODEL, "fcos", {**flatten({"model": params["model"]}),
+                                                  "classes": ",".join(result["classes"])})
+                tracker.log_artifact(TRAIN_METRICS, "metrics")
     if dist.is_distributed():
         torch.distributed.destroy_process_group()
     return summary
+

@@ -6,14 +6,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..artifacts import DETECTIONS, EVAL_METRICS, FIGURES, STEPS_CSV, load_dataset, load_trained
 from ..drawing import draw_boxes, per_class_bars, read_steps, side_by_side, training_curves
 from ..params import device_of
 from ..tracking import Tracker, tracking_uri
-from .evaluate import EVAL_METRICS, load_trained
-from .train import STEPS_CSV, _dataset
-
-FIGURES = Path("plots/figures")
-DETECTIONS = Path("plots/detections")
 
 
 def pick_images(records, n: int) -> list[int]:
@@ -47,8 +43,8 @@ def run(params: dict, console) -> dict:
         figures.append(per_class_bars(json.loads(EVAL_METRICS.read_text())["per_class_AP50"],
                                       FIGURES / "per_class_ap50.png"))
     device = device_of(params)
-    model, classes = load_trained(device)
-    test_ds = _dataset("test")
+    model, classes = load_trained(params, device)
+    test_ds = load_dataset("test")
     thresh = params["visualize"]["score_thresh"]
     panels = []
     for i in pick_images(test_ds.records, params["visualize"]["num_images"]):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fcos import FCOS
-from fcos.fuse import _NORMS, fold_batchnorm, for_inference
+from fcos.inference import _NORMS, fold_batchnorm, for_inference
 
 
 def trained_stats_model(backbone="resnet18", freeze_bn=False):

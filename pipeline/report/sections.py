@@ -1,8 +1,8 @@
 """The report's content as a list of blocks (header, headings, paragraphs, tables, images), rendered to
-Markdown and HTML by report_html.py. A missing value is the cell MISSING."""
+Markdown and HTML by html.py. A missing value is the cell MISSING."""
 from __future__ import annotations
 
-from .report_figures import curves_figure, label, per_class_ap50, per_class_figure
+from .figures import curves_figure, label, per_class_ap50, per_class_figure
 
 MISSING = "—"
 AP_COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]

@@ -1,4 +1,4 @@
-"""Rendering the report blocks (report_sections.py) as Markdown with images beside it, and as one
+"""Rendering the report blocks (sections.py) as Markdown with images beside it, and as one
 self-contained HTML file: inline CSS, images as base64 data URIs, no script, no external resource."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from .report_sections import MISSING
+from .sections import MISSING
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2rem auto;color:#222;max-width:1200px;padding:0 1rem}
 h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #ddd}

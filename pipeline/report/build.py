@@ -1,7 +1,7 @@
 """`fcos-exp report`: the tracked runs as reports/report.md and a self-contained reports/report.html.
 
-This module reads MLflow (runs, histories, artifacts); report_sections.py lays the report out,
-report_tuning.py reads the Optuna study, report_figures.py draws, report_html.py renders."""
+This module reads MLflow (runs, histories, artifacts, through pipeline.tracking); sections.py lays the
+report out, tuning.py reads the Optuna study, figures.py draws, html.py renders."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,11 +14,14 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
-from .params import flatten
-from .tracking import dataset_hash, git_commit, project_root, tracking_uri
+from fcos.coco_eval import STAT_NAMES as STATS
 
-STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+from ..errors import UserError
+from ..params import flatten
+from ..provenance import dataset_hash, git_commit, project_root
+from ..tracking import reader, tracking_uri
+
+# Sortable metrics where lower is better, and the MLflow metric each one is read from.
 LOWER_IS_BETTER = {"ms_per_image": "test/ms_per_image", "train_seconds": "train_summary/train_seconds"}
 STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 TOP = 3            # runs drawn in the curves and per-class figures
@@ -160,15 +163,13 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
         out: Path = Path("reports"), storage: str | None = None, study_name: str | None = None) -> Path:
     """Build the report; zero matching runs give a report (and a message) saying so, not an error."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep stderr to the final lines
-    from mlflow import MlflowClient
-
-    from .report_html import render_html, render_markdown
-    from .report_sections import build_blocks
-    from .report_tuning import tuning_section
+    from .html import render_html, render_markdown
+    from .sections import build_blocks
+    from .tuning import tuning_section
 
     status = _check(sort_by, status, filter_tag, last)
     name = experiment or params["tracking"]["experiment"]
-    client = MlflowClient(tracking_uri())
+    client = reader()
     exp = client.get_experiment_by_name(name)
     out.mkdir(parents=True, exist_ok=True)
     assets = out / "assets"

@@ -1,11 +1,12 @@
-"""Inference speed-ups that keep the detections: BatchNorm folded into convolutions, channels_last memory.
+"""`for_inference`: an eval copy of a model made fast without changing its detections (BatchNorm folded into
+convolutions, channels_last memory, Winograd convolutions on CPU, optionally torch.compile).
 
 Measured on a 2-core CPU (benchmarks/bench_model.py, batch-1 inference, before the model used Winograd):
 channels_last is what pays most (oneDNN runs NHWC convolutions without reordering), folding BatchNorm saves
 one pass over every backbone feature map: 1.10-1.19x over torchvision's FCOS (ResNet-18, 320 px).
 `compile=True` (inductor with weight freezing) gave 1.16-1.33x in two interleaved runs, for a ~1 min compile
 and one more per new padded input shape: it pays over a test split of thousands of images, not for a
-handful. The model's Winograd convolutions (fcos/winograd.py) come on top and keep working in the copy.
+handful. Winograd convolutions (fcos/winograd.py) come on top for wide layers on CPU.
 bf16 autocast is emulated (10x slower) on CPUs without AVX512-BF16.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
+
+from .winograd import use_winograd
 
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -48,13 +51,17 @@ def fold_batchnorm(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def for_inference(model: nn.Module, channels_last: bool = True, compile: bool = False) -> nn.Module:
+def for_inference(model: nn.Module, channels_last: bool = True, compile: bool = False,
+                  winograd: bool = True) -> nn.Module:
     """An eval-mode copy of an FCOS model made for inference: backbone BatchNorm folded into its
-    convolutions, by default weights in channels_last, and optionally backbone and head compiled by
-    torch.compile (inductor, weights frozen as constants). Detections equal the original's up to float
-    rounding. The copy has no BatchNorm parameters: train and checkpoint the original."""
+    convolutions, by default weights in channels_last and wide 3x3 convolutions as Winograd (used on CPU
+    float32 only, see fcos/winograd.py), and optionally backbone and head compiled by torch.compile
+    (inductor, weights frozen as constants). Detections equal the original's up to float rounding. The copy
+    has no BatchNorm parameters: train and checkpoint the original."""
     fast = copy.deepcopy(model).eval()   # .eval() again: deepcopy of an fx GraphModule comes back in train mode
     fold_batchnorm(fast.backbone)
+    if winograd:
+        use_winograd(fast)
     if channels_last:
         fast.to(memory_format=torch.channels_last)
     if compile:

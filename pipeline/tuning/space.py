@@ -1,0 +1,72 @@
+"""The search space: a YAML of dotted params.yaml keys -> distributions, checked, sampled and applied."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from ..params import validate
+
+
+def load_space(path: str | Path, params: dict) -> dict:
+    """{dotted key: {"type": float|int|categorical, ...}}, checked against params.yaml."""
+    path = Path(path)
+    try:
+        space = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: search space file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(space, dict):
+        raise UserError(f"{path}: must map dotted params keys to distributions")
+    problems = []
+    for key, spec in space.items():
+        section, _, name = str(key).partition(".")
+        if section not in params or not isinstance(params[section], dict) or name not in params[section]:
+            problems.append(f"{path}: {key}: not a params.yaml key")
+            continue
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind in ("float", "int"):
+            if not all(isinstance(spec.get(b), (int, float)) and not isinstance(spec.get(b), bool)
+                       for b in ("low", "high")):
+                problems.append(f"{path}: {key}: needs numeric low and high")
+            elif spec["low"] >= spec["high"]:
+                problems.append(f"{path}: {key}: empty range (low {spec['low']} >= high {spec['high']})")
+            elif spec.get("log") and spec["low"] <= 0:
+                problems.append(f"{path}: {key}: a log range needs low > 0")
+        elif kind == "categorical":
+            if not spec.get("choices") or not isinstance(spec["choices"], list):
+                problems.append(f"{path}: {key}: needs a non-empty choices list")
+        else:
+            problems.append(f"{path}: {key}: type must be float, int or categorical, got {kind!r}")
+    if not space:
+        problems.append(f"{path}: the search space is empty")
+    if problems:
+        raise UserError("\n".join(problems))
+    return space
+
+
+def suggest(trial, space: dict) -> dict:
+    out = {}
+    for key, spec in space.items():
+        if spec["type"] == "float":
+            out[key] = trial.suggest_float(key, spec["low"], spec["high"], log=bool(spec.get("log")))
+        elif spec["type"] == "int":
+            out[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1))
+        else:
+            out[key] = trial.suggest_categorical(key, spec["choices"])
+    return out
+
+
+def apply_values(params: dict, values: dict) -> dict:
+    """A copy of params with dotted-key values set, validated like params.yaml itself."""
+    p = copy.deepcopy(params)
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        p[section][name] = value
+    problems = validate(p)
+    if problems:
+        raise UserError("\n".join(f"search space: {line}" for line in problems))
+    return p
