@@ -20,7 +20,12 @@ def _resnet(cfg: FCOSConfig) -> nn.Module:
     builder = getattr(torchvision.models, cfg.backbone)
     if cfg.weights == "imagenet":
         weights = torchvision.models.get_model_weights(builder).DEFAULT
-        return builder(weights=weights, norm_layer=norm)
+        try:
+            return builder(weights=weights, norm_layer=norm)
+        except (OSError, RuntimeError) as e:   # urllib's URLError is an OSError; a torn download a RuntimeError
+            raise ValueError(f"model.weights imagenet: torchvision could not download {weights} "
+                             f"({type(e).__name__}: {str(e)[:80]}); offline, download it elsewhere and set "
+                             f"model.weights to the path of that {cfg.backbone} state dict (.pth)") from None
     net = builder(weights=None, norm_layer=norm)
     if cfg.weights:
         path = Path(cfg.weights)

@@ -23,6 +23,12 @@ def repo(tmp_path_factory):
     return git_project(tmp_path_factory.mktemp("repo"), tiny_params())
 
 
+def changed_stages(repo) -> set[str]:
+    """The stages `dvc status` reports as changed (by their own deps, params or outputs)."""
+    status = json.loads(sh("dvc", "status", "--json", cwd=repo).stdout or "{}")
+    return {name for name in status if ":" not in name and name in ("prepare", "train", "evaluate", "visualize")}
+
+
 def eval_json(repo):
     return json.loads((repo / "metrics/eval.json").read_text())
 
@@ -53,7 +59,7 @@ def test_dvc_repro_end_to_end(repo, tracking_uri):
     assert run.data.metrics["test/AP50"] == pytest.approx(ev["AP50"])
     assert len(client.get_metric_history(run_id, "train/final_loss")) == 3
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"model", "metrics", "figures", "detections", "eval"} <= artifacts
+    assert {"metrics", "figures", "detections", "eval"} <= artifacts and run.outputs.model_outputs
 
     # A second repro changes nothing and makes no new MLflow run.
     runs_before = len(client.search_runs([run.info.experiment_id]))
@@ -70,6 +76,15 @@ def test_dvc_repro_end_to_end(repo, tracking_uri):
     second_train = json.loads((repo / "metrics/train.json").read_text())
     assert first_train["final_loss"] == second_train["final_loss"]
 
+    # A decoding change re-runs evaluate and visualize, never train.
+    assert changed_stages(repo) == set()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["decode"]["nms_thresh"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert changed_stages(repo) == {"evaluate", "visualize"}
+    r = sh("dvc", "repro", cwd=repo)
+    assert "Running stage 'evaluate'" in r.stdout and "Running stage 'train'" not in r.stdout
+
 
 @pytest.mark.slow
 def test_dvc_exp_run_with_changed_param(repo, tracking_uri):
@@ -84,3 +99,20 @@ def test_dvc_exp_run_with_changed_param(repo, tracking_uri):
         [mlflow.MlflowClient(tracking_uri).get_experiment_by_name("tests").experiment_id],
         filter_string="params.`train.lr` = '0.01'")
     assert runs and runs[0].data.tags.get("dvc_exp") == "lr01"
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_an_external_voc_dataset_without_tracking(tmp_path, voc_mini):
+    """Tracking off (no MLflow at all), data.root outside the repository: dvc repro runs, and an edited
+    annotation there makes prepare (and what follows) out of date."""
+    import shutil
+    data = shutil.copytree(voc_mini, tmp_path / "external" / "VOC2007")
+    p = tiny_params(tracking={"enabled": False, "experiment": "tests", "log_every": 20})
+    p["data"].update(format="voc", root=str(data), val_fraction=0.0)
+    repo = git_project(tmp_path / "repo", p)
+    sh("dvc", "repro", cwd=repo)
+    assert eval_json(repo)["num_images"] == 4 and not (repo / "mlflow.db").exists()
+    assert changed_stages(repo) == set()
+    xml = data / "Annotations/2007_000032.xml"
+    xml.write_text(xml.read_text().replace("<xmin>104</xmin>", "<xmin>110</xmin>"))
+    assert "prepare" in changed_stages(repo)

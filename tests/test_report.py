@@ -42,7 +42,7 @@ def reported(tmp_path_factory, tracking_uri):
     os.chdir(project)
     try:
         p = tiny_params(tracking={"enabled": True, "experiment": EXPERIMENT, "log_every": 20})
-        p["model"]["score_thresh"] = 0.01
+        p["decode"]["score_thresh"] = 0.01
         p["tune"].update(trials=2, study_name="report-study")
         (project / "params.yaml").write_text(yaml.safe_dump(p))
         (project / "experiments").mkdir()

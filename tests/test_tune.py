@@ -57,7 +57,7 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
         assert float(c.data.params["train.lr"]) == pytest.approx(study.trials[n].params["train.lr"])
         assert client.get_metric_history(c.info.run_id, "val/AP50")
     figures = {a.path for a in client.list_artifacts(parent[0].info.run_id, "optuna")}
-    assert "optuna/history.png" in figures
+    assert "optuna/tuning_history.png" in figures
 
     # Running again continues the same study: 3 more trials make 5 in all.
     assert run_cli("tune", "--trials", "5").exit_code == 0
