@@ -16,7 +16,7 @@ from ..params import set_values
 from ..tracking import Tracker, find_run, tracking_uri
 from .objective import Objective
 from .space import load_space
-from .storage import retry_dead_local_trials, storage_for
+from .storage import DEFAULT_JOURNAL, retry_dead_local_trials, shown_url, storage_for
 
 BEST_FILE = Path("experiments/best_params.yaml")
 FIGURES = Path("outputs/tuning")   # <study name>/tuning_*.png, also logged to the study's MLflow run
@@ -109,9 +109,14 @@ def run_study(params: dict, console, trials: int | None, storage: str | None, st
     pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_epochs)),
               "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
               "none": optuna.pruners.NopPruner}[t["pruner"]]()
-    study = optuna.create_study(storage=storage_for(storage or t["storage"], t["heartbeat_seconds"]),
-                                sampler=optuna.samplers.TPESampler(seed=t["seed"]), pruner=pruner, study_name=name,
-                                direction=t["direction"], load_if_exists=True)
+    url = storage or t["storage"]
+    backend = storage_for(url, t["heartbeat_seconds"])
+    try:
+        study = optuna.create_study(storage=backend, sampler=optuna.samplers.TPESampler(seed=t["seed"]),
+                                    pruner=pruner, study_name=name, direction=t["direction"], load_if_exists=True)
+    except (ValueError, KeyError, TypeError) as e:   # a journal file that is not one, a study of another direction
+        raise UserError(f"{shown_url(url or str(DEFAULT_JOURNAL))}: not a usable Optuna storage for study "
+                        f"'{name}' ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
     retried = retry_dead_local_trials(study)
     if retried:
         console.print(f"{retried} trial(s) of a worker that died were marked failed and queued again")
