@@ -100,7 +100,8 @@ def git_project(dst: Path, params: dict) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
-        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/")) and f != "dvc.lock":
+        outputs = f.startswith(("data/prepared", "models/model.pt", "metrics/", "plots/")) or f == "dvc.lock"
+        if (ROOT / f).is_file() and not outputs:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

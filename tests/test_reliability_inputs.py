@@ -135,7 +135,7 @@ def coco_project(project, text):
     Image.new("RGB", (40, 30)).save(project / "img" / "x.jpg")
     (project / "ann.json").write_text(text)
     coco = {"train_ann": "ann.json", "train_images": "img", "test_ann": "ann.json", "test_images": "img"}
-    p = tiny_params(data={**tiny_params()["data"], "format": "coco", "coco": coco, "val_fraction": 0.0})
+    p = tiny_params(data={**tiny_params()["data"], "format": "coco", "root": ".", "coco": coco, "val_fraction": 0.0})
     (project / "params.yaml").write_text(yaml.safe_dump(p))
 
 

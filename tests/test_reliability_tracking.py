@@ -84,6 +84,7 @@ def test_server_outage_mid_training_loses_nothing(tmp_path):
         history = client.get_metric_history(run_id, "train/final_loss")
         assert sorted(m.step for m in history) == list(range(1, 61))   # every step, none lost
         assert client.get_run(run_id).info.status == "FINISHED"
-        assert "model.pt" in {a.path.split("/")[-1] for a in client.list_artifacts(run_id, "model")}
+        (model,) = client.get_run(run_id).outputs.model_outputs   # the checkpoint, logged as the run's model
+        assert "model.pt" in {a.path for a in client.list_logged_model_artifacts(model.model_id)}
     finally:
         stop_server(server)
