@@ -15,6 +15,15 @@ from .config import FCOSConfig
 _STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]  # trained first to last
 
 
+def freeze_stages(net: nn.Module, trainable_layers: int) -> None:
+    """requires_grad off for the ResNet stages not trained (and bn1 unless all 5 are), as torchvision does."""
+    for name in _STAGES[trainable_layers:]:
+        for p in getattr(net, name).parameters():
+            p.requires_grad_(False)
+    if trainable_layers < 5:
+        net.bn1.requires_grad_(False)
+
+
 def _resnet(cfg: FCOSConfig) -> nn.Module:
     norm = FrozenBatchNorm2d if cfg.freeze_bn else nn.BatchNorm2d
     builder = getattr(torchvision.models, cfg.backbone)
@@ -47,11 +56,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: FCOSConfig):
         super().__init__()
         net = _resnet(cfg)
-        for name in _STAGES[cfg.trainable_layers:]:
-            for p in getattr(net, name).parameters():
-                p.requires_grad_(False)
-        if cfg.trainable_layers < 5:
-            net.bn1.requires_grad_(False)
+        freeze_stages(net, cfg.trainable_layers)
         expansion = type(net.layer1[0]).expansion
         self.body = create_feature_extractor(net, {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
         c = cfg.fpn_channels

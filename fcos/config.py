@@ -87,18 +87,27 @@ class FCOSConfig:
 
     num_classes: int = 20
     backbone: str = "resnet18"
-    weights: str | None = None          # None | "imagenet" | path to a local state-dict file
+    # None | "imagenet" | a torchvision FCOS weights name ("FCOS_ResNet50_FPN_Weights.COCO_V1") | path to a
+    # local state dict: a ResNet's (backbone only) or a torchvision FCOS's (the whole detector, fcos/interop.py)
+    weights: str | None = None
     freeze_bn: bool = False             # FrozenBatchNorm2d in the backbone
     trainable_layers: int = 5           # backbone stages trained, counted from layer4 down to conv1 (0-5)
     fpn_channels: int = 256
     head_convs: int = 4                 # conv3x3 + GroupNorm + ReLU blocks per head tower
     gn_groups: int = 16
+    level_scales: bool = True           # learnable regression scale per level (FCOS paper); torchvision: none
     min_size: int | tuple[int, ...] = 320   # short side; a tuple: random choice per batch in training, the last in eval
     max_size: int = 480
     size_divisible: int = 32
+    resize_rounding: str = "round"      # resized side: round(side * scale) | "floor" (torchvision's interpolate)
     strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    point_offset: float = 0.5           # points at (k + point_offset) * step (FCOS paper); torchvision: 0
+    # step between points: "stride" (the level's) | "padded": padded batch side // map side per axis, as
+    # torchvision's AnchorGenerator (differs from the stride on P6/P7 when the padded side is not a multiple of it)
+    point_spacing: str = "stride"
     # Level i takes points whose max(l, t, r, b) lies in [range_bounds[i], range_bounds[i+1]]; the last is open.
     range_bounds: tuple[float, ...] = (0, 64, 128, 256, 512)
+    open_ranges: bool = False           # the bounds themselves excluded, as torchvision (the paper includes them)
     center_sampling_radius: float = 1.5
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -107,6 +116,7 @@ class FCOSConfig:
     topk_candidates: int = 1000         # per level, before NMS
     nms_thresh: float = 0.6
     detections_per_img: int = 100
+    drop_empty_boxes: bool = True       # boxes empty after clipping to the image; torchvision keeps them
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -118,6 +128,8 @@ class FCOSConfig:
         "size_divisible": number(1, 512, integer=True), "strides": numbers(5, number(1, integer=True)),
         "range_bounds": numbers(5, number(0)), "center_sampling_radius": number(0, lo_open=True),
         "focal_alpha": number(0, 1), "focal_gamma": number(0), "prior_prob": number(0, 1, lo_open=True, hi_open=True),
+        "level_scales": of_type(bool), "resize_rounding": choice("round", "floor"), "point_offset": number(0, 1),
+        "point_spacing": choice("stride", "padded"), "open_ranges": of_type(bool), "drop_empty_boxes": of_type(bool),
         "score_thresh": number(0, 1, hi_open=True), "nms_thresh": number(0, 1, lo_open=True),
         "topk_candidates": number(1, integer=True), "detections_per_img": number(1, integer=True),
         "image_mean": numbers(3, number(0, 1)), "image_std": numbers(3, number(0, lo_open=True)),

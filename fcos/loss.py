@@ -42,7 +42,7 @@ class FCOSLoss(nn.Module):
             boxes, labels, valid = pad_targets(targets, cls_logits.device)
             matched, gt_boxes = assign_targets(points, point_strides, self.lo[point_levels],
                                                self.hi[point_levels], boxes, valid,
-                                               self.cfg.center_sampling_radius)
+                                               self.cfg.center_sampling_radius, self.cfg.open_ranges)
             pos = matched >= 0                                   # [B, P]
             norm = _positives_normaliser(pos.sum().float())
 

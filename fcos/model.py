@@ -1,9 +1,12 @@
 """`FCOS`: transform -> backbone + FPN -> head -> loss (training) or postprocess (evaluation)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
+from . import interop
 from .backbone import Backbone
 from .config import DECODE_KEYS, FCOSConfig
 from .head import FCOSHead
@@ -51,12 +54,15 @@ class FCOS(nn.Module):
             raise TypeError(f"config must be an FCOSConfig, got {type(config).__name__}")
         cfg = FCOSConfig(**{**(config.to_dict() if config else {}), **kwargs}) if kwargs or config is None else config
         self.config = cfg
+        detector = interop.read_torchvision_weights(cfg.weights)   # a torchvision FCOS checkpoint, else None
         self.transform = Transform(cfg)
-        self.backbone = Backbone(cfg)
+        self.backbone = Backbone(cfg if detector is None else replace(cfg, weights=None))
         self.head = FCOSHead(cfg.fpn_channels, cfg.num_classes, cfg.head_convs, cfg.gn_groups,
-                             len(cfg.strides), cfg.prior_prob)
+                             len(cfg.strides), cfg.prior_prob, cfg.level_scales)
         self.criterion = FCOSLoss(cfg)
         self.postprocess = PostProcess(cfg)
+        if detector is not None:
+            interop.load_torchvision_weights(self, detector, cfg.weights)
 
     def set_decoding(self, **values) -> "FCOS":
         """Change how detections are decoded (score_thresh, nms_thresh, topk_candidates, detections_per_img)
@@ -69,6 +75,18 @@ class FCOS(nn.Module):
             setattr(self.config, key, value)   # PostProcess reads the shared config at every call
         return self
 
+    @classmethod
+    def from_torchvision(cls, tv_model: nn.Module) -> FCOS:
+        """The FCOS with the configuration and weights of a torchvision FCOS (ResNet-FPN backbone): same
+        detections and losses (fcos/interop.py)."""
+        model = cls(interop.config_from_torchvision(tv_model))
+        model.load_state_dict(interop.from_torchvision_state(tv_model.state_dict()))
+        return model.to(next(tv_model.parameters()).device).train(tv_model.training)
+
+    def to_torchvision(self) -> nn.Module:
+        """A torchvision FCOS with this model's configuration and weights (fcos/interop.py)."""
+        return interop.to_torchvision(self)
+
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict] | None = None):
         images = list(images)
         if self.training and targets is None:
@@ -78,7 +96,9 @@ class FCOS(nn.Module):
         features = self.backbone(batch)
         cls, box, ctr = self.head(features)
         level_shapes = [tuple(f.shape[-2:]) for f in features]
-        points, strides, levels = make_points(level_shapes, self.config.strides, batch.device)
+        cfg = self.config
+        padded = tuple(batch.shape[-2:]) if cfg.point_spacing == "padded" else None
+        points, strides, levels = make_points(level_shapes, cfg.strides, batch.device, cfg.point_offset, padded)
         if self.training:
             return self.criterion(cls, box, ctr, points, strides, levels, targets)
         dets = self.postprocess(cls, box, ctr, points, strides, [h * w for h, w in level_shapes], sizes)

@@ -47,8 +47,9 @@ class PostProcess(nn.Module):
         boxes = torch.cat((xy - ltrb[:, :2], xy + ltrb[:, 2:]), dim=1)
         hw = image_sizes[img]
         boxes = torch.minimum(boxes.clamp(min=0), hw.flip(1).repeat(1, 2))
-        ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, labels, img = boxes[ok], scores[ok], labels[ok], img[ok]
+        if cfg.drop_empty_boxes:
+            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, scores, labels, img = boxes[ok], scores[ok], labels[ok], img[ok]
 
         # Class-wise NMS for every image at once: the group id separates images and classes.
         kept = batched_nms(boxes, scores, img * k + labels, cfg.nms_thresh)   # sorted by score

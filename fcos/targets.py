@@ -21,12 +21,12 @@ def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tens
 
 
 def assign_targets(points: Tensor, point_strides: Tensor, point_lo: Tensor, point_hi: Tensor,
-                   boxes: Tensor, valid: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+                   boxes: Tensor, valid: Tensor, radius: float, open_ranges: bool = False) -> tuple[Tensor, Tensor]:
     """Match every point to at most one box.
 
     A point is positive for a box when it lies strictly inside the box, inside the center region
     (box center +- radius * stride, clipped to the box), and max(l, t, r, b) lies in [lo, hi] of its
-    level. Among several such boxes the smallest area wins.
+    level ((lo, hi) with open_ranges, as torchvision). Among several such boxes the smallest area wins.
 
     points [P, 2] (x, y); point_strides, point_lo, point_hi [P]; boxes [B, M, 4] x1y1x2y2; valid [B, M].
     Returns matched box index [B, P] (-1: negative) and the matched boxes [B, P, 4].
@@ -46,7 +46,8 @@ def assign_targets(points: Tensor, point_strides: Tensor, point_lo: Tensor, poin
     inside_center = (x > cl) & (y > ct) & (x < cr) & (y < cb)
 
     max_dist = ltrb.amax(dim=-1)
-    in_range = (max_dist >= point_lo[None, :, None]) & (max_dist <= point_hi[None, :, None])
+    lo, hi = point_lo[None, :, None], point_hi[None, :, None]
+    in_range = (max_dist > lo) & (max_dist < hi) if open_ranges else (max_dist >= lo) & (max_dist <= hi)
 
     area = ((x2 - x1) * (y2 - y1)).expand_as(max_dist)
     candidate = inside_box & inside_center & in_range & valid[:, None, :]

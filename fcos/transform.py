@@ -1,6 +1,8 @@
 """`Transform`: resize, normalise and pad a list of images into one batch; map detections back."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -9,8 +11,9 @@ from .config import FCOSConfig
 
 
 class Transform(nn.Module):
-    """Short side to min_size (random choice per batch while training), long side <= max_size,
-    ImageNet normalisation, zero padding to a multiple of size_divisible."""
+    """Short side to min_size (random choice per batch while training), long side <= max_size (resized sides
+    rounded, or floored as torchvision does), ImageNet normalisation, zero padding to a multiple of
+    size_divisible."""
 
     def __init__(self, cfg: FCOSConfig):
         super().__init__()
@@ -32,7 +35,8 @@ class Transform(nn.Module):
         for img in images:  # images differ in size: each is resized on its own
             h, w = img.shape[-2:]
             scale = min(min_size / min(h, w), max_size / max(h, w))
-            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            rnd = math.floor if self.cfg.resize_rounding == "floor" else round
+            nh, nw = max(1, rnd(h * scale)), max(1, rnd(w * scale))
             x = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
             resized.append((x - self.mean) / self.std)
             sizes.append((nh, nw))
