@@ -19,7 +19,8 @@ DEFAULT_PARAMS = Path("params.yaml")
 MAX_BYTES = 1_000_000          # a params file is a few KB; this refuses YAML alias bombs before parsing
 MAX_NODES = 20_000             # ... and after parsing, counting every value reached through aliases
 MODEL_KEYS = ("backbone", "weights", "freeze_bn", "trainable_layers", "fpn_channels", "head_convs", "gn_groups",
-              "min_size", "max_size", "center_sampling_radius")
+              "min_size", "max_size", "center_sampling_radius",
+              "level_scales", "resize_rounding", "point_offset", "point_spacing", "open_ranges")
 PIPELINE_TRAIN_KEYS = ("batch_size", "device")
 
 
