@@ -16,8 +16,8 @@ detections per image are reported). Each model gets its targets as its own train
 over: fcos-exp's engine keeps them on the host, torchvision's reference scripts move them to the GPU first
 (outside the timed step).
 
-    python benchmarks/bench_gpu.py [--json out.json] [--budget 200] [--rounds 10]
-    python benchmarks/bench_gpu.py --quick      # seconds-long dry run, also on a CPU
+    python benchmarks/bench_gpu.py [--json out.json] [--budget 600] [--rounds 10] [--priors 0.002 0.0005]
+    python benchmarks/bench_gpu.py --quick      # a short dry run, also on a CPU
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ CLASSES = 20
 
 HEAD_NAMES = {"head.cls_tower.": "head.classification_head.conv.", "head.reg_tower.": "head.regression_head.conv.",
               "head.cls_logits.": "head.classification_head.cls_logits.",
-              "head.box_reg.": "head.regression_head.bbox_reg.", "head.ctr_logits.": "head.regression_head.bbox_ctrness."}
+              "head.box_reg.": "head.regression_head.bbox_reg.",
+              "head.ctr_logits.": "head.regression_head.bbox_ctrness."}
 
 
 def copy_weights(ours: FCOS, theirs: TVFCOS) -> None:
@@ -291,7 +292,8 @@ def data_loading(env: Env, args, report: dict) -> None:
 def goals(report: dict) -> dict:
     train = [r["speedup_vs_torchvision"]["fcos-exp"] for r in report["train"]]
     infer = [r["speedup_vs_torchvision"]["fcos-exp-fused"] for r in report["inference"] if r["batch"] == 8]
-    return {"train_step_min_speedup": min(train, default=None), "train_goal_1.3x_met": bool(train) and min(train) >= 1.3,
+    return {"train_step_min_speedup": min(train, default=None),
+            "train_goal_1.3x_met": bool(train) and min(train) >= 1.3,
             "inference_b8_min_speedup": min(infer, default=None),
             "inference_goal_1.5x_met": bool(infer) and min(infer) >= 1.5}
 

@@ -20,7 +20,7 @@ def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tens
         boxes[i, :n] = t["boxes"]
         labels[i, :n] = t["labels"]
         valid[i, :n] = True
-    return boxes.to(device, non_blocking=True), labels.to(device, non_blocking=True), valid.to(device, non_blocking=True)
+    return tuple(t.to(device, non_blocking=True) for t in (boxes, labels, valid))
 
 
 def assign_targets(points: Tensor, point_strides: Tensor, point_lo: Tensor, point_hi: Tensor,

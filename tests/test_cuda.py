@@ -132,7 +132,7 @@ def test_checkpoints_move_between_cuda_and_cpu(shapes, tmp_path, no_tf32):
         cfg = TrainConfig(epochs=1, lr=0.01, amp="fp16" if written_on == "cuda" else "none")
         fit(small_model(), build_loader(ds, 4, shuffle=True), cfg, checkpoint_path=path, classes=ds.classes,
             device=written_on)
-        code = f"import torch; ck = torch.load({str(path)!r}, weights_only=True); print(ck['model']['head.scales'].device)"
+        code = f"import torch; print(torch.load({str(path)!r}, weights_only=True)['model']['head.scales'].device)"
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and out.stdout.split() == ["cpu"], out.stderr   # plain torch.load, no GPU
