@@ -1,4 +1,5 @@
-"""Checkpoints: written to a temp file and renamed, loaded with weights_only=True."""
+"""Checkpoints: tensors on the CPU (written on a GPU, they load anywhere), written to a temp file and renamed,
+loaded with weights_only=True."""
 from __future__ import annotations
 
 import errno
@@ -14,11 +15,22 @@ from .model import FCOS
 CHECKPOINT_KEYS = ("model", "model_config", "classes", "epoch", "global_step")
 
 
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Atomic save: a crash mid-write leaves the previous checkpoint intact."""
+    """Atomic save of `state` with every tensor on the CPU: a crash mid-write leaves the previous checkpoint
+    intact, and a plain torch.load(path, weights_only=True) reads it on a machine without a GPU."""
     try:
         with atomic_write(path, "wb") as f:
-            torch.save(state, f)
+            torch.save(_to_cpu(state), f)
     except RuntimeError as e:   # torch reports a failed write (e.g. a full disk) as RuntimeError
         raise OSError(errno.EIO, f"checkpoint not written, the previous one is kept ({str(e).splitlines()[0][:120]})",
                       str(path)) from None

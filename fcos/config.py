@@ -203,6 +203,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0              # validate every N epochs (0: never)
     eval_backend: str = "faster"     # faster | pycocotools
+    sync_every: int = 0              # steps between reads of the losses by the host; 0: 10 on CUDA, 1 on CPU
     extra: dict = field(default_factory=dict)   # free-form, stored in the checkpoint
 
     RULES = {
@@ -214,7 +215,8 @@ class TrainConfig:
         "gamma": number(0, 1, lo_open=True), "clip_grad_norm": number(0), "amp": choice("none", "fp16", "bf16"),
         "channels_last": of_type(bool), "sync_bn": of_type(bool), "nonfinite": choice("stop", "skip"),
         "seed": number(0, 2**32 - 1, integer=True), "eval_every": number(0, integer=True),
-        "eval_backend": choice("faster", "pycocotools"), "extra": of_type(dict),
+        "eval_backend": choice("faster", "pycocotools"), "sync_every": number(0, 100000, integer=True),
+        "extra": of_type(dict),
     }
 
     def __post_init__(self):

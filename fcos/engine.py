@@ -1,8 +1,9 @@
 """The training and evaluation loops: `train_one_epoch`, `predict_loader`, `evaluate`, `fit`.
 
 The model only has to follow the loss-dict contract (train mode: `model(images, targets)` -> dict of
-scalar losses with "final_loss"; eval mode: `model(images)` -> list of {"boxes", "scores", "labels"}).
-Progress leaves through `fcos.callbacks.Callback`.
+scalar losses with "final_loss"; eval mode: `model(images)` -> list of {"boxes", "scores", "labels"}). The
+images reach it on the device, the targets stay on the host (FCOS checks and pads them there and sends them
+in one copy that does not wait for the GPU). Progress leaves through `fcos.callbacks.Callback`.
 """
 from __future__ import annotations
 
@@ -68,53 +69,93 @@ def _cpu_has_bf16() -> bool:
         return True
 
 
-def _to_device(images, targets, device):
-    images = [im.to(device, non_blocking=True) for im in images]
-    if targets is not None:
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-    return images, targets
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" is CUDA when there is a GPU, else the CPU; anything else as torch.device reads it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _to_device(images: list, device: torch.device) -> list:
+    """Images to the device; asynchronous from the loader's pinned memory."""
+    return [im.to(device, non_blocking=True) for im in images]
+
+
+def _nonfinite_error(epoch: int, step: int, values: dict[str, float]) -> FloatingPointError:
+    return FloatingPointError(f"loss became {values['final_loss']} at epoch {epoch + 1}, step {step + 1} ({values}); "
+                              "lower train.lr or raise warmup, or set train.nonfinite: skip")
+
+
+def _report(pending: list, names: list[str], state: TrainState, callbacks: Callback, nonfinite: str) -> None:
+    """Hand the steps in `pending` (step, global step, lr, losses [K] on the device) to the callbacks, the
+    losses read by the host in one transfer; a non-finite loss stops training naming its step."""
+    if not pending:
+        return
+    rows = torch.stack([p[3] for p in pending]).tolist()
+    now = state.step, state.global_step
+    try:
+        for (step, global_step, lr, _), row in zip(pending, rows, strict=True):
+            values = dict(zip(names, row, strict=True))
+            if nonfinite != "skip" and not math.isfinite(values["final_loss"]):
+                raise _nonfinite_error(state.epoch, step, values)
+            state.step, state.global_step = step, global_step
+            callbacks.on_step_end(state, values, lr)
+    finally:
+        state.step, state.global_step = now
+        pending.clear()
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, device: torch.device,
                     cfg: TrainConfig, state: TrainState, callbacks: Callback) -> dict[str, float]:
-    """One pass over `loader`; returns mean losses, seconds, images/s and skipped steps."""
+    """One pass over `loader`; returns mean losses, seconds, images/s and skipped steps.
+
+    Reading a CUDA tensor on the host waits for every kernel queued before it, so on CUDA the step reads
+    nothing: the losses stay on the device (epoch sums too) and the host reads them every `cfg.sync_every`
+    steps (10 by default) and at the end of the epoch, in one transfer; only then do the callbacks get them,
+    one call per step as before, and does a non-finite loss stop training, naming its step (`nonfinite:
+    stop`; the steps between it and the read ran on NaN weights, and no checkpoint is written from them).
+    On the CPU, where a read costs nothing, and with `nonfinite: skip`, which must know before the update,
+    the loss is read every step before the backward pass."""
     model.train()
-    sums: dict[str, float] = {}
+    every = cfg.sync_every or (10 if device.type == "cuda" else 1)
+    lazy = every > 1 and cfg.nonfinite != "skip"
+    pending: list = []
+    names: list[str] = []
+    sums = None                      # float64 on the device: the same additions as Python floats
     n_images = skipped = 0
     data_seconds = 0.0
     start = last = time.perf_counter()
     for step, (images, targets) in enumerate(loader):
         data_seconds += time.perf_counter() - last
         state.step = step
-        images, targets = _to_device(images, targets, device)
         with _autocast(device, cfg.amp):
-            losses = model(images, targets)
-        loss = losses["final_loss"]
-        values = {k: float(v.detach()) for k, v in losses.items()}
+            losses = model(_to_device(images, device), targets)
+        names = list(losses)
+        values = torch.stack([v.detach().double() for v in losses.values()])
         optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(values["final_loss"]):
-            where = f"epoch {state.epoch + 1}, step {step + 1}"
+        if not lazy and not math.isfinite(losses["final_loss"].detach()):
             if cfg.nonfinite != "skip":
-                raise FloatingPointError(f"loss became {values['final_loss']} at {where} ({values}); "
-                                         "lower train.lr or raise warmup, or set train.nonfinite: skip")
+                raise _nonfinite_error(state.epoch, step, dict(zip(names, values.tolist(), strict=True)))
             skipped += 1
         else:
-            scaler.scale(loss).backward()
+            scaler.scale(losses["final_loss"]).backward()
             if cfg.clip_grad_norm > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
+            sums = values if sums is None else sums + values
         scheduler.step()
         n_images += len(images)
         state.global_step += 1
-        callbacks.on_step_end(state, values, optimizer.param_groups[0]["lr"])
+        pending.append((step, state.global_step, optimizer.param_groups[0]["lr"], values))
+        if len(pending) >= every:
+            _report(pending, names, state, callbacks, cfg.nonfinite)
         last = time.perf_counter()
+    _report(pending, names, state, callbacks, cfg.nonfinite)
     seconds = time.perf_counter() - start
     done = max(1, state.steps_per_epoch - skipped)
-    summary = {k: v / done for k, v in sums.items()}
+    summary = dict(zip(names, (sums / done).tolist(), strict=True)) if sums is not None else {}
     summary = dist.mean_across_ranks(summary, device)
     return {**summary, "seconds": seconds, "data_seconds": data_seconds,
             "images_per_second": n_images * dist.world_size() / max(seconds, 1e-9), "skipped_steps": skipped}
@@ -129,7 +170,7 @@ def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "n
     rows, model_seconds, n = [], 0.0, 0
     start = time.perf_counter()
     for i, (images, targets) in enumerate(loader):
-        images, _ = _to_device(images, None, device)
+        images = _to_device(images, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -138,12 +179,12 @@ def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "n
         if device.type == "cuda":
             torch.cuda.synchronize()
         model_seconds += time.perf_counter() - t
-        for out, tgt in zip(outputs, targets):
-            b = out["boxes"].double().cpu()   # float64: image ids such as 2007000027 exceed float32
-            xywh = torch.cat((b[:, :2], b[:, 2:] - b[:, :2]), dim=1)
-            ids = torch.full((len(b), 1), float(tgt["image_id"]), dtype=torch.float64)
-            rows.append(torch.cat((ids, xywh, out["scores"].double().cpu()[:, None],
-                                   out["labels"].double().cpu()[:, None]), dim=1))
+        # One device -> host transfer per batch; float64: image ids such as 2007000027 exceed float32.
+        det = torch.cat([torch.cat((o["boxes"], o["scores"][:, None], o["labels"][:, None]), 1) for o in outputs])
+        det = det.double().cpu()
+        ids = torch.tensor([float(t["image_id"]) for t in targets], dtype=torch.float64)
+        ids = ids.repeat_interleave(torch.tensor([len(o["scores"]) for o in outputs]))
+        rows.append(torch.cat((ids[:, None], det[:, :2], det[:, 2:4] - det[:, :2], det[:, 4:]), dim=1))
         n += len(images)
         if progress:
             progress(i + 1, len(loader))
@@ -157,7 +198,7 @@ def evaluate(model: nn.Module, loader, coco_gt, cat_ids: list[int], device: torc
              backend: str = "faster", amp: str = "none", progress=None) -> dict:
     """COCO metrics of `model` on `loader` (the 12 stats, per-class AP/AP50) with timings kept apart:
     inference_seconds (whole loop), model_seconds, data_seconds, metric_seconds, ms_per_image."""
-    device = torch.device(device)
+    device = resolve_device(device)
     dets, timing = predict_loader(model, loader, device, amp, progress)
     if dist.is_distributed():   # every rank saw its own shard (build_loader(shard=True)): gather them all
         gathered = [None] * dist.world_size()
@@ -177,10 +218,11 @@ def evaluate(model: nn.Module, loader, coco_gt, cat_ids: list[int], device: torc
 def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: str | Path,
         classes: list[str], callbacks: list[Callback] = (), val_loader=None, val_gt=None,
         val_cat_ids: list[int] | None = None, resume: bool = False, device: str | torch.device = "cpu") -> dict:
-    """Train for cfg.epochs, checkpointing every epoch (atomic) and resuming exactly from the last one.
+    """Train for cfg.epochs on `device` ("auto": CUDA when there is a GPU), checkpointing every epoch (atomic)
+    and resuming exactly from the last one, on this device or another.
 
     Returns {"epochs", "steps", "train_seconds", "history": [per-epoch summaries], "stopped_early"}."""
-    device = torch.device(device)
+    device = resolve_device(device)
     main = dist.is_main_process()
     cbs = CallbackList(callbacks if main else [])
     model.to(device)
@@ -190,7 +232,8 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     if dist.is_distributed() and cfg.sync_bn:
         train_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)   # converts the modules in place
     if dist.is_distributed():
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # No device_ids: DDP would then copy every input to the GPU, the host-side targets one tensor at a time.
+        train_model = nn.parallel.DistributedDataParallel(model)
     steps = len(train_loader)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.epochs * steps, round(cfg.warmup_epochs * steps), cfg.scheduler,
@@ -200,7 +243,7 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     history: list[dict] = []
     checkpoint_path = Path(checkpoint_path)
     if resume and checkpoint_path.is_file():
-        ckpt = load_checkpoint(checkpoint_path, device)
+        ckpt = load_checkpoint(checkpoint_path)   # on the CPU: RNG states must stay there; the rest is copied
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

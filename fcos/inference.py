@@ -54,13 +54,13 @@ def fold_batchnorm(module: nn.Module) -> int:
 def for_inference(model: nn.Module, channels_last: bool = True, compile: bool = False,
                   winograd: bool = True) -> nn.Module:
     """An eval-mode copy of an FCOS model made for inference: backbone BatchNorm folded into its
-    convolutions, by default weights in channels_last and wide 3x3 convolutions as Winograd (used on CPU
-    float32 only, see fcos/winograd.py), and optionally backbone and head compiled by torch.compile
-    (inductor, weights frozen as constants). Detections equal the original's up to float rounding. The copy
-    has no BatchNorm parameters: train and checkpoint the original."""
+    convolutions, by default weights in channels_last and, for a model on the CPU, wide 3x3 convolutions as
+    Winograd (float32 only, see fcos/winograd.py; on CUDA cuDNN picks its own algorithm), and optionally
+    backbone and head compiled by torch.compile (inductor, weights frozen as constants). Detections equal the
+    original's up to float rounding. The copy has no BatchNorm parameters: train and checkpoint the original."""
     fast = copy.deepcopy(model).eval()   # .eval() again: deepcopy of an fx GraphModule comes back in train mode
     fold_batchnorm(fast.backbone)
-    if winograd:
+    if winograd and next(fast.parameters()).device.type == "cpu":
         use_winograd(fast)
     if channels_last:
         fast.to(memory_format=torch.channels_last)

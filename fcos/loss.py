@@ -46,21 +46,24 @@ class FCOSLoss(nn.Module):
             pos = matched >= 0                                   # [B, P]
             norm = _positives_normaliser(pos.sum().float())
 
+            # Dense over all points, negatives masked: boolean indexing would give data-dependent shapes,
+            # and on CUDA every such shape makes the host wait for the GPU.
             gt_labels = torch.gather(labels, 1, matched.clamp(min=0))
-            cls_target = torch.zeros_like(cls_logits)
-            cls_target[pos, gt_labels[pos]] = 1.0
+            classes = torch.arange(cls_logits.shape[-1], device=cls_logits.device)
+            cls_target = ((gt_labels[..., None] == classes) & pos[..., None]).float()
             cls_loss = sigmoid_focal_loss(cls_logits, cls_target, alpha=self.cfg.focal_alpha,
                                           gamma=self.cfg.focal_gamma, reduction="sum") / norm
 
-            pos_points = points.expand(len(targets), -1, -1)[pos]            # [N, 2]
-            pos_strides = point_strides.expand(len(targets), -1)[pos, None]  # [N, 1]
-            ltrb = box_reg[pos] * pos_strides
-            pred = torch.cat((pos_points - ltrb[:, :2], pos_points + ltrb[:, 2:]), dim=1)
-            target = gt_boxes[pos]
-            reg_loss = generalized_box_iou_loss(pred, target, reduction="sum") / norm
+            # Negatives get a unit-stride box and a zero logit: finite values and gradients whatever the head
+            # outputs there, and torch.where gives them exactly zero loss and gradient.
+            ltrb = torch.where(pos[..., None], box_reg, 1.0) * point_strides[:, None]   # [B, P, 4]
+            pred = torch.cat((points - ltrb[..., :2], points + ltrb[..., 2:]), dim=-1)
+            giou = generalized_box_iou_loss(pred, gt_boxes, reduction="none")
+            reg_loss = torch.where(pos, giou, 0.0).sum() / norm
 
-            target_ltrb = torch.cat((pos_points - target[:, :2], target[:, 2:] - pos_points), dim=1)
-            ctr_loss = F.binary_cross_entropy_with_logits(
-                ctr_logits[pos], centerness_target(target_ltrb), reduction="sum") / norm
+            target_ltrb = torch.cat((points - gt_boxes[..., :2], gt_boxes[..., 2:] - points), dim=-1)
+            bce = F.binary_cross_entropy_with_logits(torch.where(pos, ctr_logits, 0.0), centerness_target(target_ltrb),
+                                                     reduction="none")
+            ctr_loss = torch.where(pos, bce, 0.0).sum() / norm
         return {"cls_loss": cls_loss, "reg_loss": reg_loss, "ctr_loss": ctr_loss,
                 "final_loss": cls_loss + reg_loss + ctr_loss}

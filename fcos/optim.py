@@ -14,10 +14,13 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or p_name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # On CUDA the fused kernels: one launch for all parameters, and with GradScaler the inf check and the
+    # skipped step stay on the device (a non-fused step reads the check on the host every step).
+    fused = True if decay and all(p.is_cuda for p in decay + no_decay) else None
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
     raise ValueError(f"unknown optimizer {name!r} (sgd or adamw)")
 
 

@@ -27,29 +27,28 @@ class PostProcess(nn.Module):
 
         # Per-level top-k without a loop over images or levels: pad levels to a common length.
         n_levels, longest = len(level_sizes), max(level_sizes)
-        starts = torch.tensor([0] + level_sizes[:-1], device=scores.device).cumsum(0)
+        host = torch.tensor([[0] + level_sizes[:-1], level_sizes])            # sent without waiting for the GPU
+        starts, lengths = host.to(scores.device, non_blocking=True)
+        starts = starts.cumsum(0)
         slot = torch.arange(longest, device=scores.device)
         point_idx = (starts[:, None] + slot[None]).clamp(max=p - 1)                     # [L, longest]
-        inside = slot[None] < torch.tensor(level_sizes, device=scores.device)[:, None]  # [L, longest]
+        inside = slot[None] < lengths[:, None]                                          # [L, longest]
         per_level = scores[:, point_idx] * inside[None, :, :, None]                    # [B, L, longest, K]
         per_level = per_level.flatten(2)
-        top_scores, top_idx = per_level.topk(min(cfg.topk_candidates, per_level.shape[-1]), dim=-1)
-        keep = top_scores > 0
-        img = torch.arange(b, device=scores.device)[:, None, None].expand_as(top_idx)[keep]
-        lvl = torch.arange(n_levels, device=scores.device)[None, :, None].expand_as(top_idx)[keep]
-        flat = top_idx[keep]
-        pt = point_idx[lvl, flat // k]
-        labels = flat % k
-        scores = top_scores[keep]
+        top_scores, top_idx = per_level.topk(min(cfg.topk_candidates, per_level.shape[-1]), dim=-1)   # [B, L, n]
 
-        ltrb = box_reg[img, pt].float() * point_strides[pt, None]
+        # Decode every candidate, then keep the scored, non-empty ones in one step (one wait for the GPU).
+        pt = point_idx[torch.arange(n_levels, device=scores.device)[:, None], top_idx // k]           # [B, L, n]
+        labels = top_idx % k
+        ltrb = box_reg[torch.arange(b, device=scores.device)[:, None, None], pt].float() * point_strides[pt, None]
         xy = points[pt]
-        boxes = torch.cat((xy - ltrb[:, :2], xy + ltrb[:, 2:]), dim=1)
-        hw = image_sizes[img]
-        boxes = torch.minimum(boxes.clamp(min=0), hw.flip(1).repeat(1, 2))
+        boxes = torch.cat((xy - ltrb[..., :2], xy + ltrb[..., 2:]), dim=-1)
+        boxes = torch.minimum(boxes.clamp(min=0), image_sizes.flip(1).repeat(1, 2)[:, None, None])
+        ok = top_scores > 0
         if cfg.drop_empty_boxes:
-            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            boxes, scores, labels, img = boxes[ok], scores[ok], labels[ok], img[ok]
+            ok = ok & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+        img, lvl, j = ok.nonzero().unbind(1)
+        boxes, scores, labels = boxes[img, lvl, j], top_scores[img, lvl, j], labels[img, lvl, j]
 
         # Class-wise NMS for every image at once: the group id separates images and classes.
         kept = batched_nms(boxes, scores, img * k + labels, cfg.nms_thresh)   # sorted by score

@@ -6,18 +6,21 @@ from torch import Tensor
 
 
 def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Stack per-image boxes [N_i, 4] and labels [N_i] into boxes [B, M, 4], labels [B, M], valid [B, M]."""
+    """Stack per-image boxes [N_i, 4] and labels [N_i] into boxes [B, M, 4], labels [B, M], valid [B, M] on
+    `device`. Padded where the targets are (on the host, from the engine) and sent in one copy per tensor
+    that does not wait for the GPU."""
     m = max([len(t["boxes"]) for t in targets] + [1])
     b = len(targets)
-    boxes = torch.zeros(b, m, 4, device=device)
-    labels = torch.zeros(b, m, dtype=torch.long, device=device)
-    valid = torch.zeros(b, m, dtype=torch.bool, device=device)
-    for i, t in enumerate(targets):  # one copy per image: the batch's boxes are ragged
+    src = targets[0]["boxes"].device if targets else device
+    boxes = torch.zeros(b, m, 4, device=src)
+    labels = torch.zeros(b, m, dtype=torch.long, device=src)
+    valid = torch.zeros(b, m, dtype=torch.bool, device=src)
+    for i, t in enumerate(targets):  # the batch's boxes are ragged
         n = len(t["boxes"])
-        boxes[i, :n] = t["boxes"].to(device, torch.float32)
-        labels[i, :n] = t["labels"].to(device)
+        boxes[i, :n] = t["boxes"]
+        labels[i, :n] = t["labels"]
         valid[i, :n] = True
-    return boxes, labels, valid
+    return tuple(t.to(device, non_blocking=True) for t in (boxes, labels, valid))
 
 
 def assign_targets(points: Tensor, point_strides: Tensor, point_lo: Tensor, point_hi: Tensor,
@@ -59,7 +62,8 @@ def assign_targets(points: Tensor, point_strides: Tensor, point_lo: Tensor, poin
 
 
 def centerness_target(ltrb: Tensor) -> Tensor:
-    """sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) for ltrb [N, 4] of positives -> [N]."""
-    lr, tb = ltrb[:, [0, 2]], ltrb[:, [1, 3]]
-    ratio = (lr.amin(-1) / lr.amax(-1).clamp(min=1e-6)) * (tb.amin(-1) / tb.amax(-1).clamp(min=1e-6))
+    """sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) for ltrb [..., 4] -> [...]."""
+    left, top, right, bottom = ltrb.unbind(-1)
+    ratio = (torch.minimum(left, right) / torch.maximum(left, right).clamp(min=1e-6)) * \
+        (torch.minimum(top, bottom) / torch.maximum(top, bottom).clamp(min=1e-6))
     return ratio.clamp(min=0).sqrt()

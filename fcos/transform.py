@@ -29,7 +29,8 @@ class Transform(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         """Returns batch [B, 3, H, W], resized sizes [B, 2] (h, w), original sizes [B, 2], and the
-        targets with boxes in resized pixels (new dicts; the caller's are untouched)."""
+        targets with boxes in resized pixels, on the device they came on (new dicts; the caller's are
+        untouched). Sizes are built on the host and sent without waiting for the GPU."""
         min_size, max_size = self._min_size(), self.cfg.max_size
         resized, sizes, orig = [], [], []
         for img in images:  # images differ in size: each is resized on its own
@@ -47,13 +48,13 @@ class Transform(nn.Module):
         batch = resized[0].new_zeros(len(images), 3, hp, wp)
         for i, x in enumerate(resized):
             batch[i, :, : x.shape[1], : x.shape[2]] = x
-        sizes_t = torch.tensor(sizes, device=batch.device, dtype=torch.float32)
-        orig_t = torch.tensor(orig, device=batch.device, dtype=torch.float32)
+        sizes_t = torch.tensor(sizes, dtype=torch.float32)
+        orig_t = torch.tensor(orig, dtype=torch.float32)
         if targets is not None:
             ratio = (sizes_t / orig_t).flip(1).repeat(1, 2)  # (sx, sy, sx, sy) per image
-            targets = [{**t, "boxes": t["boxes"].to(batch.device, torch.float32) * r}
-                       for t, r in zip(targets, ratio)]
-        return batch, sizes_t, orig_t, targets
+            targets = [{**t, "boxes": t["boxes"].float() * r.to(t["boxes"].device, non_blocking=True)}
+                       for t, r in zip(targets, ratio, strict=True)]
+        return batch, sizes_t.to(batch.device, non_blocking=True), orig_t.to(batch.device, non_blocking=True), targets
 
     @staticmethod
     def postprocess(detections: list[dict], sizes: Tensor, orig: Tensor) -> list[dict]:

@@ -71,7 +71,8 @@ SCHEMA: dict[str, Any] = {
 }
 # Keys of the sections that library configs validate (so unknown and missing keys are still reported).
 DELEGATED = {"model": MODEL_KEYS, "decode": DECODE_KEYS,
-             "train": PIPELINE_TRAIN_KEYS + tuple(k for k in TrainConfig.RULES if k not in ("eval_backend", "extra"))}
+             "train": PIPELINE_TRAIN_KEYS + tuple(k for k in TrainConfig.RULES
+                                                  if k not in ("eval_backend", "sync_every", "extra"))}
 
 
 def _validate(node: Any, schema: Any, where: str, problems: list[str]) -> None:

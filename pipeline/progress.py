@@ -30,9 +30,9 @@ class ProgressCallback(Callback):
     def on_train_start(self, state):
         self.progress = bar(self.console)
         self.progress.start()
+        self.t0 = time.perf_counter()
 
     def _new_task(self, state):
-        self.t0 = time.perf_counter()
         self.task = self.progress.add_task(f"epoch {state.epoch + 1}/{state.epochs}",
                                            total=state.steps_per_epoch, info="")
 
@@ -46,6 +46,7 @@ class ProgressCallback(Callback):
                              info=f"loss {losses['final_loss']:.3f} lr {lr:.2e} {ips:.1f} img/s")
 
     def on_epoch_end(self, state, summary):
+        self.t0 = time.perf_counter()   # steps can arrive in batches (CUDA): time from the epoch's start
         losses = "  ".join(f"{k} {summary[k]:.4f}" for k in LOSS_NAMES if k in summary)
         val = f"  val AP50 {summary['val_AP50']:.3f}" if summary.get("val_AP50") is not None else ""
         self.console.print(f"epoch {state.epoch + 1:>3}/{state.epochs}  {losses}{val}  "

@@ -22,12 +22,12 @@ def tiny_model():
     return FCOS(num_classes=6, fpn_channels=16, head_convs=1, min_size=(64, 80), max_size=120, gn_groups=8)
 
 
-def run(shapes, path, epochs=3, callbacks=(), resume=False, seed=0):
+def run(shapes, path, epochs=3, callbacks=(), resume=False, seed=0, sync_every=0):
     torch.manual_seed(123)   # model init, independent of the training seed
     model = tiny_model()
     ds = VOCDataset(shapes, "trainval", train=True)
     loader = build_loader(ds, 4, shuffle=True, seed=seed)
-    cfg = TrainConfig(epochs=epochs, optimizer="sgd", lr=0.01, warmup_epochs=1, seed=seed)
+    cfg = TrainConfig(epochs=epochs, optimizer="sgd", lr=0.01, warmup_epochs=1, seed=seed, sync_every=sync_every)
     result = fit(model, loader, cfg, checkpoint_path=path, classes=ds.classes, callbacks=callbacks, resume=resume)
     return model, result
 
@@ -64,6 +64,24 @@ def test_resume_after_epoch_k_ends_bit_identical(shapes, tmp_path):
     assert ck["epoch"] == 3 and ck["classes"][0] == "circle" and "optimizer" in ck and "scheduler" in ck
     model, classes = load_model(tmp_path / "resumed.pt")
     assert same_weights(model, resumed) and not model.training and len(classes) == 6
+
+
+class Steps(Callback):
+    def __init__(self):
+        self.rows = []
+
+    def on_step_end(self, state, losses, lr):
+        self.rows.append((state.epoch, state.step, state.global_step, lr, losses))
+
+
+def test_losses_read_in_batches_reach_the_callbacks_unchanged(shapes, tmp_path):
+    """CUDA's default: the host reads the losses every few steps; the callbacks see what a read per step sees."""
+    every_step, batched = Steps(), Steps()
+    a, _ = run(shapes, tmp_path / "a.pt", epochs=2, callbacks=[every_step])
+    b, result = run(shapes, tmp_path / "b.pt", epochs=2, callbacks=[batched], sync_every=4)
+    assert len(every_step.rows) == result["steps"] == 4 and every_step.rows == batched.rows
+    assert [r[2] for r in batched.rows] == [1, 2, 3, 4] and all(math.isfinite(r[4]["final_loss"]) for r in batched.rows)
+    assert same_weights(a, b)
 
 
 def test_killed_checkpoint_write_keeps_the_last_good_one(tmp_path):
@@ -116,12 +134,14 @@ def fake_loader(n=4):
     return build_loader(data, 1)
 
 
-def test_nan_loss_stops_naming_epoch_and_step_and_end_hook_still_runs(tmp_path):
-    rec = Recorder()
+@pytest.mark.parametrize("sync_every", [0, 3])   # 3: found at the read after it, still named exactly
+def test_nan_loss_stops_naming_epoch_and_step_and_end_hook_still_runs(tmp_path, sync_every):
+    rec, steps = Recorder(), Steps()
     with pytest.raises(FloatingPointError, match="epoch 2, step 3"):
-        fit(NaNAt(bad_step=7), fake_loader(), TrainConfig(epochs=3, lr=0.1), checkpoint_path=tmp_path / "c.pt",
-            classes=[], callbacks=[rec])
+        fit(NaNAt(bad_step=7), fake_loader(), TrainConfig(epochs=3, lr=0.1, sync_every=sync_every),
+            checkpoint_path=tmp_path / "c.pt", classes=[], callbacks=[rec, steps])
     assert rec.events == ["start", "epoch1", "end:FloatingPointError"]
+    assert [r[2] for r in steps.rows] == [1, 2, 3, 4, 5, 6]   # the steps before the NaN one, no later
 
 
 def test_nan_loss_can_skip_the_step(tmp_path):
