@@ -86,15 +86,16 @@ def test_losses_read_in_batches_reach_the_callbacks_unchanged(shapes, tmp_path):
 
 def test_killed_checkpoint_write_keeps_the_last_good_one(tmp_path):
     path = tmp_path / "ck.pt"
-    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+    state = {"model": {"w": torch.ones(3)}, "model_config": {}, "classes": ["a"], "epoch": 1, "global_step": 1}
+    save_checkpoint(path, state)
 
     class Boom:
         def __reduce__(self):
             raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
-        save_checkpoint(path, {"epoch": 2, "w": Boom()})
-    assert load_checkpoint(path)["epoch"] == 1
+    with pytest.raises(OSError, match="previous one is kept"):
+        save_checkpoint(path, {**state, "epoch": 2, "w": Boom()})
+    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="ck.pt: not a readable fcos-exp checkpoint"):
         load_checkpoint(path)
