@@ -34,8 +34,9 @@ def test_pixel_limit_is_read_from_the_header_and_can_be_raised(tmp_path, monkeyp
     path = tmp_path / "big.png"
     Image.new("1", (10000, 10000)).save(path)                   # 100 megapixels in a few hundred KB
     assert path.stat().st_size < 1_000_000
+    too_large = r"big.png: image too large \(10000x10000 = 100 megapixels; the limit is 50"
     for read in (load_image, image_size):
-        with pytest.raises(DataError, match=r"big.png: image too large \(10000x10000 = 100 megapixels; the limit is 50"):
+        with pytest.raises(DataError, match=too_large):
             read(path)
     monkeypatch.setattr("fcos.data.images.MAX_PIXELS", 100_000_000)
     assert image_size(path) == (10000, 10000)
@@ -121,7 +122,8 @@ def test_cli_train_with_workers_and_a_corrupted_image_prints_one_line(project):
     r = run_cli("train")
     lines = [line for line in r.stderr.splitlines() if line.strip()]          # rich may leave a blank line
     assert r.exit_code == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: data/prepared/") and lines[0].endswith(f"{victim.name}: not an image PIL can read")
+    assert lines[0].startswith("error: data/prepared/")
+    assert lines[0].endswith(f"{victim.name}: not an image PIL can read")
 
 
 @pytest.fixture(scope="module")

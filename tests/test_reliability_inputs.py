@@ -122,7 +122,8 @@ VOC_CASES = [
     ("fifo-image", os.mkfifo, GOOD_XML.format(stem="bad"), "", ("skip", "unreadable image", "not a regular file")),
     ("fifo-annotation", jpeg, os.mkfifo, "", ("skip", "malformed annotation", "not a regular file")),
     ("100-megapixel-png", megapixels_100, GOOD_XML.format(stem="bad"), "", ("skip", "unreadable image", "too large")),
-    ("html-named-xml", jpeg, "<html><body>hello</body></html>", "", ("skip", "malformed annotation", "not <annotation>")),
+    ("html-named-xml", jpeg, "<html><body>hello</body></html>", "",
+     ("skip", "malformed annotation", "not <annotation>")),
     ("symlinked-image", linked(), GOOD_XML.format(stem="bad"), "", ("ok",)),
     ("symlinked-image-found-by-stem", linked("bad.png"), NO_FILENAME, "", ("ok",)),
 ]
@@ -171,14 +172,16 @@ def annotation_names(filename):
 
 # (case id, edit of the VOC folder made by voc_project, the one line expected on stderr)
 VOC_ERRORS = [
-    ("split-id-leaving-the-dataset", write_split("train.txt", b"a\n../../x\n"), "train.txt: file name '../../x.xml' points outside"),
+    ("split-id-leaving-the-dataset", write_split("train.txt", b"a\n../../x\n"),
+     "train.txt: file name '../../x.xml' points outside"),
     ("latin-1-split", write_split("train.txt", b"a\ncaf\xe9\n"), "train.txt: not UTF-8 text (byte 0xe9"),
     ("fifo-split", fifo_split, "train.txt: not a regular file"),
     ("empty-train-split", write_split("train.txt", b"\n \n"), "train.txt: lists no images"),
     ("empty-test-split", write_split("test.txt", b""), "test.txt: lists no images"),
     ("no-usable-train-image", all_train_images_broken, "train.txt: the train split has no usable images"),
     ("val-fraction-takes-all", val_takes_all, "data.val_fraction: 0.9 leaves no training image"),
-    ("blank-classes-txt", lambda root: (root / "classes.txt").write_text("\n  \n"), "classes.txt: lists no class names"),
+    ("blank-classes-txt", lambda root: (root / "classes.txt").write_text("\n  \n"),
+     "classes.txt: lists no class names"),
     ("absolute-filename", annotation_names("/etc/hostname"), "a.xml: file name '/etc/hostname' points outside"),
     ("dotdot-filename", annotation_names("sub/../a.jpg"), "a.xml: file name 'sub/../a.jpg' points outside"),
 ]
@@ -258,22 +261,27 @@ COCO_CASES = [
     ("non-object-annotations", coco(annotations=[5, "x", None]), ("skip", "malformed annotation", 3)),
     ("annotations-not-a-list", coco(annotations=5), ("error", "ann.json: 'annotations' must be a list")),
     ("ids-as-lists", coco(images=[IMG, {**IMG, "id": [2]}], annotations=[
-        ANN(id=[1]), ANN(id=2, image_id=[1]), ANN(id=3, category_id=[5]), ANN(id=4)]), ("skip", "malformed annotation", 4)),
+        ANN(id=[1]), ANN(id=2, image_id=[1]), ANN(id=3, category_id=[5]), ANN(id=4)]),
+     ("skip", "malformed annotation", 4)),
     ("category-id-as-list", coco(categories=[{"id": [5], "name": "cat"}]), ("error", "ann.json: every category needs")),
     ("width-as-list", coco(images=[{**IMG, "width": [40]}]), ("skip", "malformed annotation", 1)),
     ("width-not-a-number", coco(images=[{**IMG, "width": "abc"}]), ("skip", "malformed annotation", 1)),
     ("deeply-nested-json", "[" * 100_000 + "]" * 100_000, ("error", "ann.json: malformed JSON (nested too deeply)")),
-    ("nul-in-file-name", coco(images=[{**IMG, "file_name": "x\u0000.jpg"}]), ("error", "ann.json: file name 'x\\x00.jpg' contains a NUL byte")),
+    ("nul-in-file-name", coco(images=[{**IMG, "file_name": "x\u0000.jpg"}]),
+     ("error", "ann.json: file name 'x\\x00.jpg' contains a NUL byte")),
     ("string-image-id", coco(images=[IMG, {**IMG, "id": "7"}], annotations=[ANN(image_id="7"), ANN(id=2)]),
      ("skip", "malformed annotation", 1)),
     ("float-image-id", coco(images=[IMG, {**IMG, "id": 1.5}], annotations=[ANN(image_id=1.5), ANN(id=2)]),
      ("skip", "malformed annotation", 1)),
-    ("image-id-above-2**53", coco(images=[IMG, {**IMG, "id": 2**53 + 1}], annotations=[ANN(image_id=2**53 + 1), ANN(id=2)]),
+    ("image-id-above-2**53", coco(images=[IMG, {**IMG, "id": 2**53 + 1}],
+                                  annotations=[ANN(image_id=2**53 + 1), ANN(id=2)]),
      ("skip", "malformed annotation", 1)),
     ("nan-bbox", coco(annotations=[ANN(bbox=[1, 1, float("nan"), 5]), ANN(id=2)]), ("skip", "malformed annotation", 1)),
     ("utf8-bom", "\ufeff" + coco(), ("ok",)),
-    ("latin-1-byte", b'{"images": [], "categories": [{"id": 5, "name": "caf\xe9"}]}', ("error", "ann.json: not UTF-8 text")),
-    ("no-usable-image", coco(images=[{**IMG, "file_name": "gone.jpg"}]), ("error", "ann.json: the train split has no usable images")),
+    ("latin-1-byte", b'{"images": [], "categories": [{"id": 5, "name": "caf\xe9"}]}',
+     ("error", "ann.json: not UTF-8 text")),
+    ("no-usable-image", coco(images=[{**IMG, "file_name": "gone.jpg"}]),
+     ("error", "ann.json: the train split has no usable images")),
 ]
 
 

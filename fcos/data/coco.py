@@ -137,7 +137,8 @@ def read_coco(ann_file: str | Path, image_dir: str | Path | None = None, report:
             report.problem("unknown class", ann_file, f"annotation {aid} has unknown category id {cid} (skipped)")
             continue
         if not _is_xywh(bbox):
-            report.problem("malformed annotation", ann_file, f"annotation {aid} has no finite [x, y, w, h] bbox (skipped)")
+            report.problem("malformed annotation", ann_file,
+                           f"annotation {aid} has no finite [x, y, w, h] bbox (skipped)")
             continue
         x, y, w, h = bbox
         per_image.setdefault(iid, []).append(([x, y, x + w, y + h], label_of[cid], bool(a.get("difficult", 0)),
