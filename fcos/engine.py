@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .callbacks import Callback, CallbackList, StopTraining, TrainState
+from .callbacks import Callback, CallbackList, StopTraining, TrainState, pause_from_env
 from .checkpoint import load_checkpoint, save_checkpoint
 from .coco_eval import coco_evaluate
 from .config import TrainConfig
@@ -224,7 +224,7 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     Returns {"epochs", "steps", "train_seconds", "history": [per-epoch summaries], "stopped_early"}."""
     device = resolve_device(device)
     main = dist.is_main_process()
-    cbs = CallbackList(callbacks if main else [])
+    cbs = CallbackList([*callbacks, *pause_from_env()] if main else [])
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

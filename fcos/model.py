@@ -18,10 +18,14 @@ from .transform import Transform
 
 def _check_inputs(images: list[Tensor], targets: list[dict] | None, num_classes: int) -> None:
     """Raise ValueError naming the image and what is wrong with it."""
+    if not images:
+        raise ValueError("no images: expected a list of float tensors [3, H, W]")
     for i, img in enumerate(images):
         if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or not img.is_floating_point():
             shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
             raise ValueError(f"image {i}: expected a float tensor [3, H, W], got {shape}")
+        if img.shape[1] == 0 or img.shape[2] == 0:
+            raise ValueError(f"image {i}: has no pixels (shape {tuple(img.shape)})")
     if targets is None:
         return
     if len(targets) != len(images):
@@ -34,6 +38,9 @@ def _check_inputs(images: list[Tensor], targets: list[dict] | None, num_classes:
         if not isinstance(labels, Tensor) or labels.shape != (len(boxes),) or labels.dtype != torch.int64:
             raise ValueError(f"image {i}: labels must be an int64 tensor [{len(boxes)}]")
         if len(boxes):
+            if not torch.isfinite(boxes).all():
+                j = int((~torch.isfinite(boxes)).any(dim=1).nonzero()[0])
+                raise ValueError(f"image {i}: box {j} {boxes[j].tolist()} is not finite")
             bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
             if bad.any():
                 j = int(bad.nonzero()[0])

@@ -13,7 +13,8 @@ from .config import FCOSConfig
 class Transform(nn.Module):
     """Short side to min_size (random choice per batch while training), long side <= max_size (resized sides
     rounded, or floored as torchvision does), ImageNet normalisation, zero padding to a multiple of
-    size_divisible."""
+    size_divisible. Images of any float dtype are converted to the model's (float64 input gives float32
+    detections)."""
 
     def __init__(self, cfg: FCOSConfig):
         super().__init__()
@@ -38,7 +39,8 @@ class Transform(nn.Module):
             scale = min(min_size / min(h, w), max_size / max(h, w))
             rnd = math.floor if self.cfg.resize_rounding == "floor" else round
             nh, nw = max(1, rnd(h * scale)), max(1, rnd(w * scale))
-            x = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            x = img[None].to(self.mean.dtype)   # any float dtype (e.g. float64) becomes the model's
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)[0]
             resized.append((x - self.mean) / self.std)
             sizes.append((nh, nw))
             orig.append((h, w))

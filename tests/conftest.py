@@ -89,6 +89,25 @@ def run_cli(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
+def pause_env(folder: Path, step: int) -> tuple[dict, Path]:
+    """An environment in which training stops after global step `step` until the returned file exists
+    (fcos.callbacks.PauseAtStep): tests act at a point they choose, however fast the machine is."""
+    release = folder / f"release-step-{step}"
+    return {**os.environ, "FCOS_EXP_TEST_PAUSE": f"{step}:{release}"}, release
+
+
+def wait_paused(proc, release: Path, limit: float = 900) -> None:
+    """Return once training in `proc` (started with `pause_env`) is paused; fail if `proc` ends first.
+    `limit` only guards against a hang: the outcome never depends on the machine's speed."""
+    import time
+
+    reached, deadline = Path(f"{release}.reached"), time.monotonic() + limit
+    while not reached.exists():
+        assert proc.poll() is None, f"the process ended (exit {proc.returncode}) before training paused"
+        assert time.monotonic() < deadline, f"training did not pause within {limit} s"
+        time.sleep(0.1)
+
+
 def git_project(dst: Path, params: dict) -> Path:
     """The project's files as in the working tree (tracked and new; no pipeline outputs), with `params`
     as params.yaml, committed to a fresh git repository at dst."""

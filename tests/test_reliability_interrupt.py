@@ -1,11 +1,11 @@
 """SIGKILL at several points of training, then resume: the same weights as a run never stopped (bit-exact
 on CPU), and a killed checkpoint write never damages the last good checkpoint."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -82,22 +82,40 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, data, reference,
 
 @pytest.mark.slow
 def test_interrupted_dvc_repro_finishes_when_run_again(tmp_path, tracking_uri):
-    """SIGINT (Ctrl-C) and SIGKILL of `dvc repro` during training; running it again completes."""
-    import yaml
-    from conftest import git_project, tiny_params
+    """SIGINT (Ctrl-C) and SIGKILL of `dvc repro` while training is paused mid-run (at a step the test picks,
+    so a fast machine cannot finish first); running it again completes."""
+    from conftest import git_project, pause_env, tiny_params, wait_paused
 
-    git_project(tmp_path, tiny_params(train={"epochs": 30}))
-    for sig in (signal.SIGINT, signal.SIGKILL):
-        p = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-        deadline = time.time() + 120
-        while not (tmp_path / "plots/train_steps.csv").is_file() and time.time() < deadline:
-            time.sleep(0.5)
-        time.sleep(2)
+    git_project(tmp_path, tiny_params(train={"epochs": 2}))   # 3 steps per epoch
+    for sig, step in ((signal.SIGINT, 4), (signal.SIGKILL, 5)):
+        env, release = pause_env(tmp_path, step)
+        p = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_paused(p, release)
         os.killpg(p.pid, sig)
         p.wait(timeout=60)
-        assert not (tmp_path / "metrics/eval.json").exists()
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+        assert p.returncode != 0 and not (tmp_path / "metrics/eval.json").exists()
+        assert torch.load(tmp_path / "models/model.pt", weights_only=True)["epoch"] == 1
     r = subprocess.run(["dvc", "repro"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (tmp_path / "metrics/eval.json").is_file() and (tmp_path / "plots/detections/mosaic.png").is_file()
+    assert json.loads((tmp_path / "metrics/train.json").read_text())["epochs"] == 2
+
+
+def test_pause_hook_is_inert_unless_set_and_refuses_a_malformed_value(monkeypatch, tmp_path):
+    from fcos.callbacks import PauseAtStep, TrainState, pause_from_env
+
+    monkeypatch.delenv("FCOS_EXP_TEST_PAUSE", raising=False)
+    assert pause_from_env() == []
+    monkeypatch.setenv("FCOS_EXP_TEST_PAUSE", "soon:x")
+    with pytest.raises(ValueError, match="expected STEP:FILE"):
+        pause_from_env()
+    release = tmp_path / "go"
+    monkeypatch.setenv("FCOS_EXP_TEST_PAUSE", f"2:{release}")
+    [hook] = pause_from_env()
+    assert isinstance(hook, PauseAtStep)
+    hook.on_step_end(TrainState(global_step=1), {}, 0.0)           # another step: no pause, no marker
+    assert not (tmp_path / "go.reached").exists()
+    release.touch()
+    hook.on_step_end(TrainState(global_step=2), {}, 0.0)           # released already: returns at once
+    assert (tmp_path / "go.reached").exists()

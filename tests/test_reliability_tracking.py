@@ -12,7 +12,7 @@ import urllib.request
 import mlflow
 import pytest
 import yaml
-from conftest import tiny_params
+from conftest import pause_env, tiny_params, wait_paused
 
 
 def free_port():
@@ -26,15 +26,15 @@ def start_server(tmp_path, port):
                           "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                           "--artifacts-destination", str(tmp_path / "artifacts")],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 90
-    while time.time() < deadline:
+    deadline = time.monotonic() + 600                         # a hang guard, not a speed assumption
+    while p.poll() is None and time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
             return p
         except OSError:
             time.sleep(0.5)
     stop_server(p)
-    pytest.skip("mlflow server did not start within 90 s")
+    pytest.skip(f"mlflow server did not start (exit code {p.returncode})")
 
 
 def stop_server(p):
@@ -62,12 +62,11 @@ def test_server_outage_mid_training_loses_nothing(tmp_path):
     assert cli(project, "prepare", env=env).wait() == 0
     server = start_server(tmp_path, port)
     try:
-        train = cli(project, "train", env=env)
-        steps_csv = project / "plots/train_steps.csv"
-        deadline = time.time() + 120
-        while (not steps_csv.is_file() or steps_csv.read_text().count("\n") < 12) and time.time() < deadline:
-            time.sleep(0.2)
-        stop_server(server)                                    # the outage, mid-training
+        pause, release = pause_env(tmp_path, 12)
+        train = cli(project, "train", env={**env, **pause})
+        wait_paused(train, release)
+        stop_server(server)                                    # the outage, mid-training (after step 12)
+        release.touch()
         out, err = train.communicate(timeout=300)
         assert train.returncode == 0, err[-2000:]
         assert "unreachable" in err and "fcos-exp sync" in err

@@ -5,14 +5,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
 import yaml
-from conftest import run_cli, tiny_params
+from conftest import pause_env, run_cli, tiny_params, wait_paused
 
 SPACE = "train.lr: {type: float, low: 0.001, high: 0.01, log: true}\ntrain.epochs: {type: int, low: 1, high: 2}\n"
 
@@ -70,8 +69,8 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
     assert p["train"]["lr"] == best["params"]["train.lr"] and p["train"]["epochs"] == best["params"]["train.epochs"]
 
 
-def worker(project, trials, extra=()):
-    env = {**os.environ, "NO_COLOR": "1"}
+def worker(project, trials, extra=(), env=None):
+    env = {**(env or os.environ), "NO_COLOR": "1"}
     return subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "--trials", str(trials), *extra], cwd=project,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -96,21 +95,13 @@ def test_killed_worker_trial_is_retried_and_study_completes(tune_project):
     p = yaml.safe_load((tune_project / "params.yaml").read_text())
     p["tracking"]["enabled"] = False
     (tune_project / "params.yaml").write_text(yaml.safe_dump(p))
-    (tune_project / "experiments/tune_space.yaml").write_text(
-        "train.lr: {type: float, low: 0.001, high: 0.01, log: true}\ntrain.epochs: {type: int, low: 12, high: 13}\n")
-    w = worker(tune_project, 2)
-    deadline = time.time() + 120
-    running = []
-    while time.time() < deadline and not running:
-        time.sleep(1)
-        try:
-            running = [t for t in journal_study(tune_project).get_trials() if t.state.name == "RUNNING"]
-        except (KeyError, FileNotFoundError, optuna.exceptions.OptunaError):
-            pass
-    assert running, "no trial started"
+    env, release = pause_env(tune_project, 1)
+    w = worker(tune_project, 2, env=env)
+    wait_paused(w, release)                            # the first trial is training, paused after step 1
+    running = [t for t in journal_study(tune_project).get_trials() if t.state.name == "RUNNING"]
+    assert len(running) == 1
     w.send_signal(signal.SIGKILL)
     w.wait()
-    (tune_project / "experiments/tune_space.yaml").write_text(SPACE.replace("low: 1, high: 2", "low: 1, high: 13"))
     r = run_cli("tune", "--trials", "2")
     assert r.exit_code == 0, r.stderr
     study = journal_study(tune_project)

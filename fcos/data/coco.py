@@ -8,6 +8,7 @@ crowd so COCOeval ignores them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -16,63 +17,97 @@ import numpy as np
 from .dataset import DetectionDataset, Record, empty_record
 from .errors import DataError, DataReport
 from .images import image_size
-from .sanitize import clean_boxes, safe_path
+from .sanitize import clean_boxes, read_text, safe_path
+
+MAX_ID = 2**53   # ids travel as float64 in COCO results arrays: larger ones would not come back exact
 
 
 def _load_json(path: Path) -> dict:
+    text = read_text(path, "annotation file")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON ({e})") from None
+    except RecursionError:
+        raise DataError(f"{path}: malformed JSON (nested too deeply)") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("categories"), list):
         raise DataError(f"{path}: not a COCO instances file (needs 'images' and 'categories' lists)")
+    if not isinstance(data.get("annotations", []), list):
+        raise DataError(f"{path}: 'annotations' must be a list")
+    if not isinstance(data.get("image_root", "."), str):
+        raise DataError(f"{path}: 'image_root' must be a string")
     return data
+
+
+def _is_id(v: object) -> bool:
+    """A COCO id: a JSON integer in [0, 2**53) ("7", 1.5, [1] and true are not)."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_ID
+
+
+def _size(v: object) -> int | None:
+    """A width or height: a positive whole number; 0 when absent (then measured); None when malformed."""
+    if v is None or v == 0:
+        return 0
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and float(v).is_integer()
+    return int(v) if ok else None
+
+
+def _is_xywh(bbox: object) -> bool:
+    return isinstance(bbox, list) and len(bbox) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
 
 
 def read_coco(ann_file: str | Path, image_dir: str | Path | None = None, report: DataReport | None = None,
               check_images: bool = False) -> tuple[list[Record], list[str], list[int]]:
     """Records, class names and category ids. image_dir defaults to the json's "image_root" entry
-    (relative to the json) or the json's folder."""
+    (relative to the json) or the json's folder. Ids must be integers in [0, 2**53): an image entry
+    that breaks this is skipped with its annotations (counted), a category stops reading (DataError)."""
     ann_file = Path(ann_file)
     report = report if report is not None else DataReport()
     data = _load_json(ann_file)
     if image_dir is None:
         image_dir = ann_file.parent / data.get("image_root", ".")
     image_dir = Path(image_dir)
-    try:
-        cats = sorted(data["categories"], key=lambda c: c["id"])
-        cat_ids, classes = [int(c["id"]) for c in cats], [str(c["name"]) for c in cats]
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{ann_file}: every category needs an 'id' and a 'name'") from None
+    cats = data["categories"]
+    if not all(isinstance(c, dict) and _is_id(c.get("id")) and "name" in c for c in cats):
+        raise DataError(f"{ann_file}: every category needs an integer 'id' and a 'name'")
+    cats = sorted(cats, key=lambda c: c["id"])
+    cat_ids, classes = [c["id"] for c in cats], [str(c["name"]) for c in cats]
     if len(set(cat_ids)) != len(cat_ids):
         raise DataError(f"{ann_file}: duplicate category ids")
     label_of = {c: i for i, c in enumerate(cat_ids)}
 
     records: dict[int, Record] = {}
+    listed: set = set()   # every image id the file lists: annotations of skipped images are not reported twice
     for img in data["images"]:
-        try:
-            iid, name = int(img["id"]), str(img["file_name"])
-        except (KeyError, TypeError, ValueError):
-            report.problem("malformed annotation", ann_file, f"image entry {img!r:.80} lacks id or file_name (skipped)")
+        iid = img.get("id") if isinstance(img, dict) else None
+        if isinstance(iid, (int, float, str)):
+            listed.add(iid)
+        name = img.get("file_name") if isinstance(img, dict) else None
+        if not _is_id(iid) or not isinstance(name, str) or not name:
+            report.problem("malformed annotation", ann_file, f"image entry {img!r:.80} needs an integer id in "
+                           "[0, 2**53) and a file_name (image and its annotations skipped)")
             continue
         if iid in records:
             report.problem("duplicate id", ann_file, f"image id {iid} appears twice (second skipped)")
             continue
         file = safe_path(image_dir, name, ann_file)
-        if not file.is_file():
+        if not file.exists():
             report.problem("missing image", file, "image file not found (image skipped)")
             continue
-        w, h = int(img.get("width") or 0), int(img.get("height") or 0)
-        if check_images or w <= 0 or h <= 0:
+        w, h = _size(img.get("width")), _size(img.get("height"))
+        if w is None or h is None:
+            report.problem("malformed annotation", ann_file, f"image {iid} has width {img.get('width')!r:.20} and "
+                           f"height {img.get('height')!r:.20}, not positive integers (image size used)")
+            w = h = 0
+        if check_images or not (w and h):
             try:
                 real = image_size(file, verify=check_images)
             except DataError as e:
                 report.problem("unreadable image", file, f"unreadable image: {e.args[0].split(': ', 1)[-1]} (image skipped)")
                 continue
-            if w > 0 and (w, h) != real:
+            if w and h and (w, h) != real:
                 report.problem("size mismatch", ann_file, f"image {iid} is {real[0]}x{real[1]}, not {w}x{h} "
                                "(image size used)")
             w, h = real
@@ -81,21 +116,29 @@ def read_coco(ann_file: str | Path, image_dir: str | Path | None = None, report:
     per_image: dict[int, list] = {}
     seen_ann: set = set()
     for a in data.get("annotations", []):
-        aid = a.get("id")
+        if not isinstance(a, dict):
+            report.problem("malformed annotation", ann_file, f"annotation entry {a!r:.80} is not an object (skipped)")
+            continue
+        aid, iid, cid, bbox = a.get("id"), a.get("image_id"), a.get("category_id"), a.get("bbox")
+        if isinstance(iid, (int, float, str)) and iid in listed and iid not in records:
+            continue                                         # its image was skipped, and reported
+        if not (aid is None or _is_id(aid)) or not _is_id(iid) or not _is_id(cid):
+            report.problem("malformed annotation", ann_file, f"annotation {aid!r:.40}: id, image_id and "
+                           "category_id must be integers in [0, 2**53) (skipped)")
+            continue
         if aid is not None and aid in seen_ann:
             report.problem("duplicate id", ann_file, f"annotation id {aid} appears twice (second skipped)")
             continue
         seen_ann.add(aid)
-        iid, cid, bbox = a.get("image_id"), a.get("category_id"), a.get("bbox")
         if iid not in records:
-            if not any(iid == img.get("id") for img in data["images"]):
-                report.problem("malformed annotation", ann_file, f"annotation {aid} refers to unknown image {iid}")
+            report.problem("malformed annotation", ann_file, f"annotation {aid} refers to unknown image {iid}")
             continue
         if cid not in label_of:
             report.problem("unknown class", ann_file, f"annotation {aid} has unknown category id {cid} (skipped)")
             continue
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            report.problem("malformed annotation", ann_file, f"annotation {aid} has no [x, y, w, h] bbox (skipped)")
+        if not _is_xywh(bbox):
+            report.problem("malformed annotation", ann_file,
+                           f"annotation {aid} has no finite [x, y, w, h] bbox (skipped)")
             continue
         x, y, w, h = bbox
         per_image.setdefault(iid, []).append(([x, y, x + w, y + h], label_of[cid], bool(a.get("difficult", 0)),

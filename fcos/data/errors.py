@@ -9,7 +9,15 @@ log = logging.getLogger("fcos.data")
 
 
 class DataError(ValueError):
-    """Bad input data: the message is one line naming the file and the problem."""
+    """Bad input data: the message is one line naming the file and the problem.
+
+    Raised in a DataLoader worker, it reaches the main process rebuilt from "Caught DataError in DataLoader
+    worker ...", the worker's traceback and, last, "...DataError: <line>": only that line is kept."""
+
+    def __init__(self, message: str = ""):
+        if message.startswith("Caught DataError"):
+            message = message.rstrip().splitlines()[-1].partition("DataError: ")[2]
+        super().__init__(message)
 
 
 @dataclass

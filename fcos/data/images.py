@@ -1,6 +1,11 @@
-"""Image loading that turns any mode PIL opens (L, P, RGBA, CMYK, I;16, ...) into RGB, EXIF-rotated."""
+"""Image loading that turns any mode PIL opens (L, P, RGBA, CMYK, I;16, ...) into RGB, EXIF-rotated.
+
+Only regular files are opened (a FIFO named like an image would block), and images above `MAX_PIXELS`
+are refused from their header, before decoding: a small PNG can hold 100 megapixels (~2 GB as tensors).
+"""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +13,23 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
+from .sanitize import check_regular
+
+MAX_PIXELS = 50_000_000   # width * height; raise it (fcos.data.images.MAX_PIXELS) for larger photographs
+
+
+def _open(path: str | Path) -> Image.Image:
+    """PIL image of a regular file whose header size is within MAX_PIXELS (not decoded yet)."""
+    check_regular(Path(path), "image file")
+    with warnings.catch_warnings():   # PIL warns above 89 megapixels; the limit below decides
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        img.close()
+        raise DataError(f"{path}: image too large ({w}x{h} = {w * h / 1e6:.0f} megapixels; "
+                        f"the limit is {MAX_PIXELS / 1e6:.0f}, fcos.data.images.MAX_PIXELS)")
+    return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -25,11 +47,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def load_image(path: str | Path) -> Image.Image:
     """Open, fully decode, apply the EXIF orientation and convert to RGB; DataError names the file."""
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             img.load()
             return _to_rgb(ImageOps.exif_transpose(img))
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+    except DataError:
+        raise
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image PIL can read") from None
     except Image.DecompressionBombError as e:
@@ -44,11 +66,13 @@ def image_size(path: str | Path, verify: bool = False) -> tuple[int, int]:
     if verify:
         return load_image(path).size
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -5,6 +5,7 @@ Coordinates: VOC pixels are 1-based and inclusive, so x1 = xmin - 1, y1 = ymin -
 """
 from __future__ import annotations
 
+import glob
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from .dataset import DetectionDataset, Record
 from .errors import DataError, DataReport
 from .images import image_size
-from .sanitize import clean_boxes, safe_path
+from .sanitize import check_regular, clean_boxes, read_text, safe_path
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -24,21 +25,28 @@ VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 def voc_classes(root: str | Path) -> list[str]:
     """classes.txt in the VOC folder when present (the embedded dataset writes one), else VOC's 20."""
     f = Path(root) / "classes.txt"
-    return [c.strip() for c in f.read_text().splitlines() if c.strip()] if f.is_file() else list(VOC_CLASSES)
+    if not f.exists():
+        return list(VOC_CLASSES)
+    classes = [c.strip() for c in read_text(f, "class list").splitlines() if c.strip()]
+    if not classes:
+        raise DataError(f"{f}: lists no class names")
+    return classes
 
 
 def split_ids(root: Path, split: str) -> list[str]:
+    """The image ids a split file lists (UTF-8, a BOM allowed); DataError when it lists none."""
     f = root / "ImageSets" / "Main" / f"{split}.txt"
-    if not f.is_file():
-        raise DataError(f"{f}: split file not found")
-    return [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_text(f, "split file").splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{f}: lists no images")
+    return ids
 
 
 def stable_image_ids(stems: list[str]) -> list[int]:
-    """The digits of each stem (2007_000027 -> 2007000027, 000005 -> 5) when they are unique,
-    else 1-based positions in the sorted list of stems."""
+    """The digits of each stem (2007_000027 -> 2007000027, 000005 -> 5) when they are unique and below
+    2**53 (exact in COCO's float64 results), else 1-based positions in the sorted list of stems."""
     digits = [re.sub(r"\D", "", s) for s in stems]
-    if all(digits) and len(set(map(int, digits))) == len(stems):
+    if all(digits) and len(set(map(int, digits))) == len(stems) and max(map(int, digits)) < 2**53:
         return [int(d) for d in digits]
     order = {s: i + 1 for i, s in enumerate(sorted(stems))}
     return [order[s] for s in stems]
@@ -46,19 +54,26 @@ def stable_image_ids(stems: list[str]) -> list[int]:
 
 def _parse(xml_file: Path, root: Path, stem: str, image_id: int, class_index: dict, report: DataReport,
            check_images: bool) -> Record | None:
-    try:
-        ann = ET.parse(xml_file).getroot()
-    except FileNotFoundError:
+    if not xml_file.exists():
         report.problem("missing annotation", xml_file, "annotation file not found (image skipped)")
+        return None
+    try:
+        check_regular(xml_file, "annotation file")
+        ann = ET.parse(xml_file).getroot()
+    except DataError as e:
+        report.problem("malformed annotation", xml_file, f"{e.args[0].split(': ', 1)[-1]} (image skipped)")
         return None
     except ET.ParseError as e:
         report.problem("malformed annotation", xml_file, f"malformed XML ({e}) (image skipped)")
         return None
-    name = ann.findtext("filename") or f"{stem}.jpg"
+    if ann.tag != "annotation":
+        report.problem("malformed annotation", xml_file, f"root element <{ann.tag:.20}> is not <annotation> "
+                       "(image skipped)")
+        return None
     image_dir = root / "JPEGImages"
-    file = safe_path(image_dir, name, xml_file)
-    if not file.is_file():
-        alt = [p for p in image_dir.glob(f"{stem}.*")]
+    file = safe_path(image_dir, ann.findtext("filename") or f"{stem}.jpg", xml_file)
+    if not file.exists():   # the stem's image under another extension (the split's stem, checked already)
+        alt = sorted(image_dir.glob(f"{glob.escape(stem)}.*"))
         if not alt:
             report.problem("missing image", xml_file, f"image {file.name} not found (image skipped)")
             return None
@@ -105,19 +120,19 @@ def read_voc(root: str | Path, split: str, classes: list[str] | None = None, rep
         raise DataError(f"{root}: not a VOC folder (no Annotations/ inside)")
     classes = list(classes) if classes else voc_classes(root)
     report = report if report is not None else DataReport()
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     stems = split_ids(root, split)
     if len(set(stems)) != len(stems):
         seen: set[str] = set()
         for s in stems:
             if s in seen:
-                report.problem("duplicate id", root / "ImageSets" / "Main" / f"{split}.txt",
-                               f"image {s} listed twice (second skipped)")
+                report.problem("duplicate id", split_file, f"image {s} listed twice (second skipped)")
             seen.add(s)
         stems = list(dict.fromkeys(stems))
     ids = stable_image_ids(stems)
     index = {c: i for i, c in enumerate(classes)}
-    records = [_parse(root / "Annotations" / f"{s}.xml", root, s, i, index, report, check_images)
-               for s, i in zip(stems, ids)]
+    records = [_parse(safe_path(root / "Annotations", f"{s}.xml", split_file), root, s, i, index, report,
+                      check_images) for s, i in zip(stems, ids)]
     return [r for r in records if r is not None], classes
 
 
