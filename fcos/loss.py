@@ -5,12 +5,25 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
 
 from .config import FCOSConfig
 from .targets import assign_targets, centerness_target, pad_targets
 
 LOSS_NAMES = ("final_loss", "cls_loss", "reg_loss", "ctr_loss")   # the keys of FCOSLoss's dict
+
+
+def giou_loss(pred: Tensor, gt: Tensor, eps: float = 1e-7) -> Tensor:
+    """1 - GIoU of boxes [..., 4] x1y1x2y2, elementwise: torchvision.ops.generalized_box_iou_loss's formula
+    (same values, tested), written without its boolean-mask indexing, which makes a CUDA step wait for the
+    GPU (a data-dependent shape)."""
+    x1, y1, x2, y2 = pred.unbind(-1)
+    x1g, y1g, x2g, y2g = gt.unbind(-1)
+    inter = (torch.min(x2, x2g) - torch.max(x1, x1g)).clamp(min=0) * (torch.min(y2, y2g) - torch.max(y1, y1g)).clamp(min=0)
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
+    iou = inter / (union + eps)
+    hull = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
+    return 1 - (iou - (hull - union) / (hull + eps))
 
 
 def _positives_normaliser(num_pos: Tensor) -> Tensor:
@@ -58,7 +71,7 @@ class FCOSLoss(nn.Module):
             # outputs there, and torch.where gives them exactly zero loss and gradient.
             ltrb = torch.where(pos[..., None], box_reg, 1.0) * point_strides[:, None]   # [B, P, 4]
             pred = torch.cat((points - ltrb[..., :2], points + ltrb[..., 2:]), dim=-1)
-            giou = generalized_box_iou_loss(pred, gt_boxes, reduction="none")
+            giou = giou_loss(pred, gt_boxes)
             reg_loss = torch.where(pos, giou, 0.0).sum() / norm
 
             target_ltrb = torch.cat((points - gt_boxes[..., :2], gt_boxes[..., 2:] - points), dim=-1)

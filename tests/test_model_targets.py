@@ -96,3 +96,20 @@ def test_regression_targets_round_trip_to_the_same_boxes():
     order = dets["labels"].argsort()
     assert dets["labels"][order].tolist() == [0, 1, 2]
     torch.testing.assert_close(dets["boxes"][order], boxes[[0, 2, 1]], atol=1e-4, rtol=0)
+
+
+def test_giou_loss_equals_torchvisions():
+    from torchvision.ops import generalized_box_iou_loss
+
+    from fcos.loss import giou_loss
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 500, 2, generator=g) * 100
+    a = torch.cat((xy, xy + torch.rand(2, 500, 2, generator=g) * 50 + 0.5), -1).requires_grad_()
+    xy = torch.rand(2, 500, 2, generator=g) * 100
+    b = torch.cat((xy, xy + torch.rand(2, 500, 2, generator=g) * 50 + 0.5), -1)
+    mine, theirs = giou_loss(a, b), generalized_box_iou_loss(a, b, reduction="none")
+    assert ((mine > 1).sum() > 0) and ((mine < 1).sum() > 0)   # disjoint and overlapping pairs both met
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    ga, = torch.autograd.grad(mine.sum(), a)
+    gb, = torch.autograd.grad(theirs.sum(), a)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
