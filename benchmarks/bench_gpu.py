@@ -7,14 +7,14 @@ with a sync at each boundary; then the data-loading share of a real training epo
 Models: fcos-exp (the training default, NCHW), fcos-exp-cl (channels_last), fcos-exp-fused
 (fcos.inference.for_inference: BatchNorm folded, channels_last; what evaluate/visualize/predict run) and
 torchvision's FCOS built alike (resnet_fpn_backbone with LastLevelP6P7, BatchNorm), holding the same random
-weights (the architectures match layer for layer; fcos-exp's per-level scales stay 1), so both score the same
-points and decode and suppress as many boxes. Random weights score almost every point above the 0.05
-threshold and predict empty boxes (the ReLU of noise around 0), which no trained model does, so for inference
-the box regression bias is set to 2 strides per side and the classification bias to each of --priors: 0.002
-leaves hundreds to thousands of candidates per image for the top-k and NMS, 0.0005 far fewer (candidates and
-detections per image are reported). Each model gets its targets as its own training loop hands them
-over: fcos-exp's engine keeps them on the host, torchvision's reference scripts move them to the GPU first
-(outside the timed step).
+weights (the architectures match layer for layer: fcos.interop renames the head's; fcos-exp's per-level
+scales are 1 for inference), so both score the same points and decode and suppress as many boxes. Random
+weights score almost every point above the 0.05 threshold and predict empty boxes (the ReLU of noise around
+0), which no trained model does, so for inference the box regression bias is set to 2 strides per side and
+the classification bias to each of --priors: 0.002 leaves hundreds to thousands of candidates per image for
+the top-k and NMS, 0.0005 far fewer (candidates and detections per image are reported). Each model gets its
+targets as its own training loop hands them over: fcos-exp's engine keeps them on the host, torchvision's
+reference scripts move them to the GPU first (outside the timed step).
 
     python benchmarks/bench_gpu.py [--json out.json] [--budget 600] [--rounds 10] [--priors 0.002 0.0005]
     python benchmarks/bench_gpu.py --quick      # a short dry run, also on a CPU
@@ -39,24 +39,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from fcos import FCOS
 from fcos.inference import for_inference
+from fcos.interop import torchvision_state_dict
 
 CLASSES = 20
-
-
-HEAD_NAMES = {"head.cls_tower.": "head.classification_head.conv.", "head.reg_tower.": "head.regression_head.conv.",
-              "head.cls_logits.": "head.classification_head.cls_logits.",
-              "head.box_reg.": "head.regression_head.bbox_reg.",
-              "head.ctr_logits.": "head.regression_head.bbox_ctrness."}
-
-
-def copy_weights(ours: FCOS, theirs: TVFCOS) -> None:
-    """fcos-exp's weights into torchvision's FCOS (backbone and FPN share their names; heads are renamed)."""
-    state = {}
-    for name, value in ours.state_dict().items():
-        prefix = next((p for p in HEAD_NAMES if name.startswith(p)), None)
-        state[HEAD_NAMES[prefix] + name[len(prefix):] if prefix else name] = value
-    del state["head.scales"]
-    theirs.load_state_dict(state)
 
 
 def build(backbone: str, size: int, device: torch.device):
@@ -69,7 +54,7 @@ def build(backbone: str, size: int, device: torch.device):
                                extra_blocks=LastLevelP6P7(256, 256), norm_layer=nn.BatchNorm2d)
     theirs = TVFCOS(body, num_classes=CLASSES, min_size=size, max_size=max_size, score_thresh=0.05, nms_thresh=0.6,
                     detections_per_img=100, topk_candidates=1000).to(device)
-    copy_weights(ours, theirs)
+    theirs.load_state_dict(torchvision_state_dict(ours))
     return {"fcos-exp": ours, "fcos-exp-cl": copy.deepcopy(ours).to(memory_format=torch.channels_last),
             "torchvision": theirs}
 
@@ -207,7 +192,8 @@ def run_config(env: Env, backbone: str, size: int, args, report: dict) -> None:
         with torch.no_grad():   # trained-like biases, then the same weights again (training moved them apart)
             ours.head.cls_logits.bias.fill_(math.log(prior / (1 - prior)))
             ours.head.box_reg.bias.fill_(2.0)
-        copy_weights(ours, theirs)
+            ours.head.scales.fill_(1.0)   # torchvision's head has no per-level scales
+        theirs.load_state_dict(torchvision_state_dict(ours))
         infer = {"fcos-exp": ours, "fcos-exp-fused": for_inference(ours), "torchvision": theirs}
         for n in args.infer_batches:
             images, _ = batch(n, size, env.device, seed=2)
