@@ -32,6 +32,12 @@ def _type(t, optional=False):
         f"must be {names.get(t, t.__name__)}{' or null' if optional else ''}, got {v!r}"
 
 
+def _thresh(v):
+    """A score threshold: a number in [0, 1] or `f1` (per class, from metrics/pr.json)."""
+    if v != "f1" and _num(0, 1)(v):
+        return f"must be a number in [0, 1] or f1, got {v!r}"
+
+
 def _sizes(v):
     vals = v if isinstance(v, list) else [v]
     if not vals or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in vals):
@@ -74,8 +80,9 @@ SCHEMA: dict[str, Any] = {
         "amp": _choice("none", "fp16", "bf16"), "channels_last": _type(bool), "nonfinite": _choice("stop", "skip"),
         "seed": _num(0, integer=True), "eval_every": _num(0, integer=True), "device": _type(str),
     },
-    "eval": {"batch_size": _num(1, 4096, integer=True), "backend": _choice("faster", "pycocotools")},
-    "visualize": {"num_images": _num(1, 1000, integer=True), "score_thresh": _num(0, 1)},
+    "eval": {"batch_size": _num(1, 4096, integer=True), "backend": _choice("faster", "pycocotools"),
+             "confusion_thresh": _thresh},
+    "visualize": {"num_images": _num(1, 1000, integer=True), "score_thresh": _thresh},
     "tracking": {"enabled": _type(bool), "experiment": _type(str), "log_every": _num(1, integer=True)},
     "tune": {"space": _type(str), "trials": _num(1, integer=True), "metric": _choice(*_STATS),
              "direction": _choice("maximize", "minimize"), "seed": _num(0, integer=True),

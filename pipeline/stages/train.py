@@ -60,6 +60,9 @@ def run(params: dict, console, resume: bool = False) -> dict:
             tracker.log_params(flatten(params))
             tracker.set_tags({"git_commit": git_commit(), "dataset_hash": dataset_hash(), "seed": t["seed"],
                               "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), "backbone": params["model"]["backbone"]})
+            from ..figures_dataset import DATASET_PLOTS   # prepare's dataset statistics, of the data trained on
+            tracker.log_artifact(DATASET_PLOTS, "dataset")
+            tracker.log_artifact(PREPARED / "summary.json", "dataset")
         callbacks = [ProgressCallback(console, t["batch_size"] * dist.world_size()), StepLog(STEPS_CSV, resume_step),
                      MlflowCallback(tracker, params["tracking"]["log_every"])]
         result = fit(model, loader, train_config(params), checkpoint_path=MODEL, classes=train_ds.classes,

@@ -49,14 +49,15 @@ def run(params: dict, console) -> dict:
     device = device_of(params)
     model, classes = load_trained(device)
     test_ds = _dataset("test")
-    thresh = params["visualize"]["score_thresh"]
+    from ..eval_analysis import class_thresholds   # [K]: the number, or each class's F1-optimal threshold
+    thresh = torch.as_tensor(class_thresholds(params["visualize"]["score_thresh"], classes), device=device)
     panels = []
     for i in pick_images(test_ds.records, params["visualize"]["num_images"]):
         r = test_ds.records[i]
         image = load_image(r.file)
         with torch.inference_mode():
             det = model([test_ds[i][0].to(device)])[0]
-        keep = det["scores"] >= thresh
+        keep = det["scores"] >= thresh[det["labels"]]
         gt = draw_boxes(image, r.boxes, r.labels, classes)
         pred = draw_boxes(image, det["boxes"][keep].cpu(), det["labels"][keep].cpu(), classes, det["scores"][keep].cpu())
         panel = side_by_side(gt, pred)
