@@ -200,6 +200,8 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
                         f"no runs in {where}" if exp else f"no {where}") + ": run `dvc repro` first"
     else:
         ctx["detections"], ctx["no_detections"] = detection_images(client, ctx["best"], assets)
+        from .report_eval import eval_blocks   # PR / F1 / confusion of the top runs, the dataset figure
+        ctx["eval_blocks"] = eval_blocks(client, ctx["top"], ctx["best"], assets)
     blocks = build_blocks(ctx)
     (out / "report.md").write_text(render_markdown(ctx["title"], blocks, out))
     (out / "report.html").write_text(render_html(ctx["title"], blocks))
