@@ -122,11 +122,10 @@ def test_deltas_reproduce_commands_and_sections(reported):
     assert best.info.run_name in detections and detections.count("](assets/detections/") == 2
     side_by_side = section(md, "Precision-recall, F1 and confusion of the top runs")     # top runs: A and B
     for name in ("pr_curve", "confusion_matrix_normalized", "f1_curve"):
-        assert all(f"](assets/{r.info.run_id[:8]}/eval/{name}.png)" in side_by_side for r in runs[:2])
+        assert all(f"](assets/{r.info.run_id[:8]}/{name}.png)" in side_by_side for r in runs[:2])
     for r in runs[:2]:
-        assert (project / "reports/assets" / r.info.run_id[:8] / "eval/pr_curve.png").stat().st_size > 5000
-    assert f"](assets/{best.info.run_id[:8]}/dataset/dataset.png)" in section(md, f"Dataset of the best run "
-                                                                                    f"({best.info.run_name})")
+        assert (project / "reports/assets" / r.info.run_id[:8] / "pr_curve.png").stat().st_size > 5000
+    assert f"](assets/{best.info.run_id[:8]}/dataset.png)" in section(md, f"Dataset of the best run ({best.info.run_name})")
 
 
 @pytest.mark.slow
