@@ -8,8 +8,9 @@ import numpy as np
 from .mpl import pyplot, save
 
 
-def _legend(ax, n: int) -> None:
-    ax.legend(fontsize=7 if n <= 12 else 5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+def _legend(ax, n: int, title: str) -> None:
+    ax.legend(fontsize=7 if n <= 12 else 5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+              title=title, title_fontsize=8)
 
 
 def pr_figure(curves, path: Path) -> Path:
@@ -24,11 +25,11 @@ def pr_figure(curves, path: Path) -> Path:
             r = int(np.argmax(f1[:, k]))
             ax.plot(curves.recall[r], curves.precision[r, k], "o", ms=3, color=line.get_color())
     mean = curves.mean_precision()
-    ax.plot(curves.recall, mean, lw=3, color="#1f3b73", label=f"all classes {mean.mean():.3f} mAP")
+    ax.plot(curves.recall, mean, lw=3, color="#1f3b73", label=f"all classes {mean.mean():.3f}")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
            title=f"precision-recall at IoU {curves.iou:.2f} (dots: F1-optimal)")
     ax.grid(alpha=0.3)
-    _legend(ax, len(curves.classes) + 1)
+    _legend(ax, len(curves.classes) + 1, "AP50")
     return save(fig, path)
 
 
@@ -41,17 +42,17 @@ def f1_figure(curves, thresholds: dict, path: Path) -> Path:
     for k, name in enumerate(curves.classes):
         t = thresholds["per_class"][name]["threshold"]
         if curves.present[k]:
-            ax.plot(CONFIDENCE, f1[:, k], lw=1, label=name + (f" @ {t:.2f}" if t is not None else ""))
+            ax.plot(CONFIDENCE, f1[:, k], lw=1, label=name + (f" {t:.2f}" if t is not None else ""))
     best = thresholds["all"]
-    at = "" if best["threshold"] is None else f" @ {best['threshold']:.2f}"
+    at = "" if best["threshold"] is None else f" {best['threshold']:.2f}"
     ax.plot(CONFIDENCE, np.nanmean(f1, axis=1) if curves.present.any() else np.zeros_like(CONFIDENCE), lw=3,
-            color="#1f3b73", label=f"all classes {best['f1']:.2f}{at}")
+            color="#1f3b73", label=f"all classes{at} (F1 {best['f1']:.2f})")
     if best["threshold"] is not None:
         ax.axvline(best["threshold"], color="#1f3b73", ls=":", lw=1)
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="F1",
            title=f"F1 against the score threshold at IoU {curves.iou:.2f}")
     ax.grid(alpha=0.3)
-    _legend(ax, len(curves.classes) + 1)
+    _legend(ax, len(curves.classes) + 1, "F1-optimal threshold")
     return save(fig, path)
 
 
