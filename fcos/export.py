@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,8 @@ def export_onnx(model: FCOS, path: str | Path, classes: list[str], example_size:
     graph = DetectionGraph(model).cpu().eval()
     image = torch.rand(3, *example_size)
     dims = {1: torch.export.Dim("height", min=2, max=16384), 2: torch.export.Dim("width", min=2, max=16384)}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():   # torchvision's nms registration uses a deprecated name
+        warnings.filterwarnings("ignore", "`create_unbacked_symint` is deprecated", FutureWarning)
         program = torch.onnx.export(graph, (image,), dynamo=True, dynamic_shapes=(dims,), opset_version=OPSET,
                                     input_names=["image"], output_names=["boxes", "scores", "labels"],
                                     external_data=False, verbose=False)
@@ -133,6 +135,8 @@ class OnnxDetector:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # Idle threads sleep instead of spinning: a spinning pool slowed PyTorch running beside it 25x.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         if "classes" not in meta:

@@ -20,7 +20,7 @@ def run(params: dict, console, model_path: Path, out: Path, check_images: int) -
     if not model_path.is_file():
         raise UserError(f"{model_path}: not found; run `fcos-exp train` (or `dvc repro`) first")
     model, classes = load_model(model_path, "cpu")
-    console.print(f"exporting {model_path} to ONNX (about a minute on a laptop CPU)")
+    console.print(f"exporting {model_path} to ONNX (torch.export, then the conversion: minutes on a small CPU)")
     export_onnx(model, out, classes)
     result = {"path": str(out), "megabytes": round(out.stat().st_size / 2 ** 20, 2)}
     test = PREPARED / "test.json"
