@@ -48,7 +48,7 @@ def _f1_thresholds(pr: dict) -> np.ndarray:
 
 
 def _confusion_rows(matrix: np.ndarray, names: list[str]):
-    """One (true, predicted) row per counted object or detection: DVC's confusion template counts rows."""
+    """One (actual, predicted) row per counted object or detection: DVC's confusion template counts rows."""
     for (p, t), n in np.ndenumerate(matrix):
         yield from [(names[t], names[p])] * int(n)
 
@@ -81,7 +81,7 @@ def write_analysis(m: dict, gt_path: Path, confusion_thresh: float | str) -> dic
             w.writerow([f"{r:.2f}", f"{mean:.4f}", *("" if np.isnan(v) else f"{v:.4f}" for v in row)])
     with open(CONFUSION_CSV, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["true", "predicted"])
+        w.writerow(["actual", "predicted"])
         w.writerows(_confusion_rows(matrix, pr["confusion"]["classes"]))
 
     note = f"IoU >= {IOU}, score >= " + ("each class's F1-optimal threshold" if confusion_thresh == "f1"

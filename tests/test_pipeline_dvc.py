@@ -42,7 +42,8 @@ def test_dvc_repro_end_to_end(repo, tracking_uri):
     sh("dvc", "plots", "show", "-o", "dvc_plots", cwd=repo)
     assert (repo / "dvc_plots/index.html").is_file()
     page = (repo / "dvc_plots/index.html").read_text()
-    for plot in ("plots/pr_curve.csv", "plots/confusion.csv", "objects per class", "pr_curve.png", "dataset.png"):
+    for plot in ("precision-recall at IoU 0.5", "confusion matrix (IoU 0.5", "objects per class", "pr_curve.png",
+                 "confusion_matrix_normalized.png", "dataset.png"):
         assert plot in page, plot
     assert {"metrics/pr.json", "plots/eval"} <= {o["path"] for o in lock["stages"]["evaluate"]["outs"]}
 
