@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_name, interleave, median
 from PIL import Image
 
-from common import cpu_name, interleave, median
 from fcos import FCOS
 from fcos.checkpoint import load_model
 from fcos.export import OnnxDetector, export_onnx, image_array, match_detections
@@ -53,7 +53,7 @@ def main():
     def onnxruntime():
         return [detector(im) for im in images]
 
-    pairs = [match_detections(a, b) for a, b in zip(pytorch(), onnxruntime())]
+    pairs = [match_detections(a, b) for a, b in zip(pytorch(), onnxruntime(), strict=True)]
     same = [p for p in pairs if p is not None]
     times = interleave({"pytorch": pytorch, "onnxruntime": onnxruntime}, args.rounds)
     t_pt, t_ort = (median(times[k]) / len(images) for k in ("pytorch", "onnxruntime"))
@@ -64,8 +64,9 @@ def main():
     print(f"onnxruntime             {1000 * t_ort:7.1f} ms/image")
     print(f"speed-up of onnxruntime over pytorch: {t_pt / t_ort:.2f}x")
     detections = sum(len(a["labels"]) for a in pytorch())
-    print(f"same detections on {len(same)}/{len(images)} images ({detections} detections), there: max box difference "
-          f"{max((p[0] for p in same), default=0):.2g} px, max score difference {max((p[1] for p in same), default=0):.2g}")
+    print(f"same detections on {len(same)}/{len(images)} images ({detections} detections), there: max box "
+          f"difference {max((p[0] for p in same), default=0):.2g} px, max score difference "
+          f"{max((p[1] for p in same), default=0):.2g}")
     if not args.checkpoint:
         print("(random weights fill detections_per_img with near-equal scores at the cut, where an image may differ)")
 

@@ -67,8 +67,9 @@ def _evaluate(gt, detections: np.ndarray, backend: str) -> dict:
         has_gt = np.array([len(coco_gt.getAnnIds(catIds=[c])) > 0 for c in cat_ids])
         arrays = np.where(has_gt[None, None, :, None, None], 0.0, -1.0) * np.ones((10, 101, len(cat_ids), 4, 3))
         return {**zero, "per_class_AP": {names[c]: 0.0 for c in cat_ids},
-                "per_class_AP50": {names[c]: 0.0 for c in cat_ids}, "precision": arrays, "scores": np.zeros_like(arrays),
-                "iou_thresholds": np.linspace(0.5, 0.95, 10), "classes": [names[c] for c in cat_ids]}
+                "per_class_AP50": {names[c]: 0.0 for c in cat_ids}, "precision": arrays,
+                "scores": np.zeros_like(arrays), "iou_thresholds": np.linspace(0.5, 0.95, 10),
+                "classes": [names[c] for c in cat_ids]}
     coco_dt = _results(coco_gt, COCO, detections)
     ev = COCOeval(coco_gt, coco_dt, "bbox")
     ev.evaluate()

@@ -70,7 +70,8 @@ class DetectionGraph(nn.Module):
         x = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)
         x = (x - m.transform.mean) / m.transform.std
         d = cfg.size_divisible
-        x = F.pad(x, (0, (nw + d - 1) // d * d - nw, 0, (nh + d - 1) // d * d - nh))   # not -(-n // d): ONNX Div truncates
+        # Pad to /d as (n + d - 1) // d * d, not -(-n // d) * d: ONNX's Div truncates negative quotients.
+        x = F.pad(x, (0, (nw + d - 1) // d * d - nw, 0, (nh + d - 1) // d * d - nh))
         features = m.backbone(x)
         cls, box, ctr = m.head(features)
         shapes = [tuple(f.shape[-2:]) for f in features]

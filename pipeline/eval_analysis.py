@@ -77,7 +77,7 @@ def write_analysis(m: dict, gt_path: Path, confusion_thresh: float | str) -> dic
     with open(PR_CSV, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["recall", "precision", *curves.classes])
-        for r, mean, row in zip(curves.recall, curves.mean_precision(), curves.precision):
+        for r, mean, row in zip(curves.recall, curves.mean_precision(), curves.precision, strict=True):
             w.writerow([f"{r:.2f}", f"{mean:.4f}", *("" if np.isnan(v) else f"{v:.4f}" for v in row)])
     with open(CONFUSION_CSV, "w", newline="") as f:
         w = csv.writer(f)

@@ -73,7 +73,7 @@ def dataset_figure(tables: dict[str, dict], classes: list[str], path: Path) -> P
     ax = axes[1, 2]
     for split, t in tables.items():
         ax.scatter(t["image_width"], t["image_height"], s=8, alpha=0.4, color=COLOURS.get(split), label=split)
-    distinct = {(w, h) for t in tables.values() for w, h in zip(t["image_width"], t["image_height"])}
+    distinct = {(w, h) for t in tables.values() for w, h in zip(t["image_width"], t["image_height"], strict=True)}
     ax.set(title=f"image sizes ({len(distinct)} distinct)", xlabel="width (px)", ylabel="height (px)")
     for a in axes.flat:
         if a is not axes[1, 1]:

@@ -162,6 +162,7 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep stderr to the final lines
     from mlflow import MlflowClient
 
+    from .report_eval import eval_blocks   # PR / F1 / confusion of the top runs, the dataset figure
     from .report_html import render_html, render_markdown
     from .report_sections import build_blocks
     from .report_tuning import tuning_section
@@ -200,7 +201,6 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
                         f"no runs in {where}" if exp else f"no {where}") + ": run `dvc repro` first"
     else:
         ctx["detections"], ctx["no_detections"] = detection_images(client, ctx["best"], assets)
-        from .report_eval import eval_blocks   # PR / F1 / confusion of the top runs, the dataset figure
         ctx["eval_blocks"] = eval_blocks(client, ctx["top"], ctx["best"], assets)
     blocks = build_blocks(ctx)
     (out / "report.md").write_text(render_markdown(ctx["title"], blocks, out))

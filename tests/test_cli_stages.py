@@ -55,7 +55,8 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"model", "metrics", "figures", "detections", "eval", "dataset"} <= artifacts
     assert "model/model.pt" in {a.path for a in client.list_artifacts(run_id, "model")}
-    assert {"eval/pr_curve.png", "eval/confusion_matrix_normalized.png"} <= {a.path for a in client.list_artifacts(run_id, "eval")}
+    logged = {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/pr_curve.png", "eval/confusion_matrix_normalized.png"} <= logged
     assert "dataset/dataset.png" in {a.path for a in client.list_artifacts(run_id, "dataset")}
     assert "test/F1" in run.data.metrics
 

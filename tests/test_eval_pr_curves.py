@@ -9,8 +9,9 @@ from fcos.pr_curves import f1_thresholds, pr_curves
 
 def _gt(boxes_per_image: dict[int, list], categories=(1, 2, 3)) -> dict:
     """boxes_per_image: {image_id: [(x, y, w, h, category_id), ...]}."""
+    boxes = [(img, b) for img, bs in boxes_per_image.items() for b in bs]
     anns = [{"id": i, "image_id": img, "category_id": c, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
-            for i, (img, (x, y, w, h, c)) in enumerate(((img, b) for img, bs in boxes_per_image.items() for b in bs), 1)]
+            for i, (img, (x, y, w, h, c)) in enumerate(boxes, 1)]
     return {"images": [{"id": i, "width": 200, "height": 200, "file_name": f"{i}.jpg"} for i in boxes_per_image],
             "annotations": anns, "categories": [{"id": c, "name": f"c{c}"} for c in categories]}
 

@@ -10,10 +10,10 @@ from conftest import run_cli, tiny_params
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'fcos-exp[export]')")
 
-from fcos import FCOS  # noqa: E402
-from fcos.checkpoint import load_model, save_checkpoint  # noqa: E402
-from fcos.data import CocoDataset, load_image  # noqa: E402
-from fcos.export import OnnxDetector, match_detections  # noqa: E402
+from fcos import FCOS
+from fcos.checkpoint import load_model, save_checkpoint
+from fcos.data import CocoDataset, load_image
+from fcos.export import OnnxDetector, match_detections
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_predict_with_the_onnx_model_matches_the_checkpoint(exported, monkeypatc
         assert r.exit_code == 0, r.stderr
         outs[name] = json.loads((root / f"pred_{name}" / "detections.json").read_text())
     assert len(outs["onnx"]) == 18 and sum(len(i["detections"]) for i in outs["onnx"]) > 20
-    for a, b in zip(outs["pt"], outs["onnx"]):
+    for a, b in zip(outs["pt"], outs["onnx"], strict=True):
         assert a["file"] == b["file"]
         arrays = [{"boxes": np.array([d["box"] for d in x["detections"]]).reshape(-1, 4),
                    "scores": np.array([d["score"] for d in x["detections"]]),

@@ -125,7 +125,8 @@ def test_deltas_reproduce_commands_and_sections(reported):
         assert all(f"](assets/{r.info.run_id[:8]}/{name}.png)" in side_by_side for r in runs[:2])
     for r in runs[:2]:
         assert (project / "reports/assets" / r.info.run_id[:8] / "pr_curve.png").stat().st_size > 5000
-    assert f"](assets/{best.info.run_id[:8]}/dataset.png)" in section(md, f"Dataset of the best run ({best.info.run_name})")
+    dataset = section(md, f"Dataset of the best run ({best.info.run_name})")
+    assert f"](assets/{best.info.run_id[:8]}/dataset.png)" in dataset
 
 
 @pytest.mark.slow

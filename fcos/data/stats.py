@@ -29,7 +29,7 @@ def _spread(x: np.ndarray, digits: int = 3) -> dict | None:
     if len(x) == 0:
         return None
     q = np.percentile(x, [0, 5, 50, 95, 100])
-    return {k: round(float(v), digits) for k, v in zip(("min", "p5", "median", "p95", "max"), q)}
+    return {k: round(float(v), digits) for k, v in zip(("min", "p5", "median", "p95", "max"), q, strict=True)}
 
 
 def split_stats(records: list[Record], classes: list[str]) -> dict:
@@ -40,9 +40,9 @@ def split_stats(records: list[Record], classes: list[str]) -> dict:
     t = box_table(records)
     counts = np.bincount(t["label"], minlength=len(classes))
     relative = np.sqrt(t["area"] / np.maximum(1, np.repeat(t["image_width"] * t["image_height"], t["boxes"])))
-    sizes = Counter(f"{w:.0f}x{h:.0f}" for w, h in zip(t["image_width"], t["image_height"]))
+    sizes = Counter(f"{w:.0f}x{h:.0f}" for w, h in zip(t["image_width"], t["image_height"], strict=True))
     return {"images": len(records), "images_without_boxes": int((t["boxes"] == 0).sum()), "objects": len(t["label"]),
-            "objects_per_class": {c: int(n) for c, n in zip(classes, counts)},
+            "objects_per_class": {c: int(n) for c, n in zip(classes, counts, strict=True)},
             "boxes_per_image": _spread(t["boxes"]), "box_width": _spread(t["width"], 1),
             "box_height": _spread(t["height"], 1), "relative_size": _spread(relative),
             "aspect_ratio": _spread(t["width"] / np.maximum(t["height"], 1e-9)),

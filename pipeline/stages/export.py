@@ -8,15 +8,15 @@ from .prepare import PREPARED
 
 
 def run(params: dict, console, model_path: Path, out: Path, check_images: int) -> dict:
+    from importlib.util import find_spec
+
     from fcos.checkpoint import load_model
     from fcos.data import CocoDataset, load_image
-    try:
-        from fcos.export import OnnxDetector, compare, export_onnx
-        import onnxruntime  # noqa: F401  (checked before minutes of export)
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"export needs onnx, onnxscript and onnxruntime ({e.name} is missing): "
-                        "pip install 'fcos-exp[export]'") from None
+    from fcos.export import OnnxDetector, compare, export_onnx
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if find_spec(m) is None]   # before minutes of export
+    if missing:
+        raise UserError(f"export needs {', '.join(missing)}: pip install 'fcos-exp[export]'")
     if not model_path.is_file():
         raise UserError(f"{model_path}: not found; run `fcos-exp train` (or `dvc repro`) first")
     model, classes = load_model(model_path, "cpu")

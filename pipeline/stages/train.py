@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..figures_dataset import DATASET_PLOTS
 from ..params import device_of, flatten, model_config, train_config
 from ..progress import ProgressCallback, StepLog
 from ..tracking import MlflowCallback, Tracker, dataset_hash, git_commit
@@ -60,8 +61,7 @@ def run(params: dict, console, resume: bool = False) -> dict:
             tracker.log_params(flatten(params))
             tracker.set_tags({"git_commit": git_commit(), "dataset_hash": dataset_hash(), "seed": t["seed"],
                               "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), "backbone": params["model"]["backbone"]})
-            from ..figures_dataset import DATASET_PLOTS   # prepare's dataset statistics, of the data trained on
-            tracker.log_artifact(DATASET_PLOTS, "dataset")
+            tracker.log_artifact(DATASET_PLOTS, "dataset")   # prepare's statistics of the data trained on
             tracker.log_artifact(PREPARED / "summary.json", "dataset")
         callbacks = [ProgressCallback(console, t["batch_size"] * dist.world_size()), StepLog(STEPS_CSV, resume_step),
                      MlflowCallback(tracker, params["tracking"]["log_every"])]

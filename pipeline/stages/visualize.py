@@ -7,6 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..drawing import draw_boxes, per_class_bars, read_steps, side_by_side, training_curves
+from ..eval_analysis import class_thresholds
 from ..params import device_of
 from ..tracking import Tracker, tracking_uri
 from .evaluate import EVAL_METRICS, load_trained
@@ -49,7 +50,7 @@ def run(params: dict, console) -> dict:
     device = device_of(params)
     model, classes = load_trained(device)
     test_ds = _dataset("test")
-    from ..eval_analysis import class_thresholds   # [K]: the number, or each class's F1-optimal threshold
+    # [K]: the number, or each class's F1-optimal threshold (metrics/pr.json)
     thresh = torch.as_tensor(class_thresholds(params["visualize"]["score_thresh"], classes), device=device)
     panels = []
     for i in pick_images(test_ds.records, params["visualize"]["num_images"]):
