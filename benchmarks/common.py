@@ -43,3 +43,15 @@ def interleave(candidates: dict, rounds: int, warmup: int = 1) -> dict[str, list
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def cpu_name() -> str:
+    """The CPU model (lscpu's "Model name", else platform.processor()) and the cores torch uses."""
+    import platform
+    import subprocess
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
+    except (OSError, subprocess.SubprocessError):
+        name = ""
+    return f"{name or platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"

@@ -37,7 +37,9 @@ def coco_evaluate(gt, detections: np.ndarray, backend: str = "faster") -> dict:
     """detections [N, 7]: image_id, x, y, w, h, score, category_id (COCO results as an array).
 
     Returns the 12 stats as fractions (None where the ground truth has no such object, COCO's -1),
-    per_class_AP and per_class_AP50 keyed by category name."""
+    per_class_AP and per_class_AP50 keyed by category name, and COCOeval's own arrays for curves
+    (fcos/pr_curves.py): "precision" and "scores" [T=10 IoUs, R=101 recalls, K classes, A=4 areas,
+    M=3 maxDets], "iou_thresholds" [T] and "classes" (the K names, by category id)."""
     with _gc_paused():
         return _evaluate(gt, np.asarray(detections, dtype=np.float64), backend)
 
@@ -62,8 +64,12 @@ def _evaluate(gt, detections: np.ndarray, backend: str) -> dict:
     names = {c["id"]: c["name"] for c in coco_gt.loadCats(cat_ids)}
     if len(detections) == 0:
         zero = {n: 0.0 for n in STAT_NAMES}
+        has_gt = np.array([len(coco_gt.getAnnIds(catIds=[c])) > 0 for c in cat_ids])
+        arrays = np.where(has_gt[None, None, :, None, None], 0.0, -1.0) * np.ones((10, 101, len(cat_ids), 4, 3))
         return {**zero, "per_class_AP": {names[c]: 0.0 for c in cat_ids},
-                "per_class_AP50": {names[c]: 0.0 for c in cat_ids}}
+                "per_class_AP50": {names[c]: 0.0 for c in cat_ids}, "precision": arrays,
+                "scores": np.zeros_like(arrays), "iou_thresholds": np.linspace(0.5, 0.95, 10),
+                "classes": [names[c] for c in cat_ids]}
     coco_dt = _results(coco_gt, COCO, detections)
     ev = COCOeval(coco_gt, coco_dt, "bbox")
     ev.evaluate()
@@ -77,7 +83,9 @@ def _evaluate(gt, detections: np.ndarray, backend: str) -> dict:
         per_ap[names[c]] = float(p[p > -1].mean()) if (p > -1).any() else None
         p50 = precision[0, :, k, 0, -1]
         per_ap50[names[c]] = float(p50[p50 > -1].mean()) if (p50 > -1).any() else None
-    return {**stats, "per_class_AP": per_ap, "per_class_AP50": per_ap50}
+    return {**stats, "per_class_AP": per_ap, "per_class_AP50": per_ap50, "precision": precision,
+            "scores": np.asarray(ev.eval["scores"]), "iou_thresholds": np.asarray(ev.params.iouThrs),
+            "classes": [names[c] for c in ev.params.catIds]}
 
 
 def _results(coco_gt, COCO, det: np.ndarray):

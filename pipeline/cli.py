@@ -107,10 +107,24 @@ def visualize(params: ParamsOpt = Path("params.yaml")):
 @app.command()
 def predict(inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
             out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("outputs/predict"),
-            score_thresh: Annotated[Optional[float], typer.Option(help="Minimum score drawn and written.")] = None,
+            score_thresh: Annotated[Optional[str], typer.Option(
+                help="Minimum score drawn and written: a number, or f1 for each class's F1-optimal threshold "
+                     "(metrics/pr.json); default visualize.score_thresh.")] = None,
+            model: Annotated[Optional[Path], typer.Option(help="A checkpoint (.pt) or an exported ONNX graph (.onnx, "
+                                                               "run by onnxruntime); default models/model.pt.")] = None,
             params: ParamsOpt = Path("params.yaml")):
     """Detect objects in images: annotated PNGs and detections.json in --out."""
-    _run_stage("predict", params, inputs, out, score_thresh)
+    _run_stage("predict", params, inputs, out, score_thresh, model)
+
+
+@app.command()
+def export(model: Annotated[Path, typer.Option(help="The checkpoint exported.")] = Path("models/model.pt"),
+           out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file written.")] = Path("models/model.onnx"),
+           check: Annotated[int, typer.Option(help="Test images on which onnxruntime is compared with PyTorch "
+                                                   "(0: none).")] = 8,
+           params: ParamsOpt = Path("params.yaml")):
+    """Export the trained model to ONNX (opset 18, any image size, decoding and NMS inside the graph)."""
+    _run_stage("export", params, model, out, check)
 
 
 @app.command()

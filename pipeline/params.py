@@ -42,6 +42,11 @@ def _classes(v) -> str | None:
     return None
 
 
+def _thresh(v) -> str | None:
+    """A score threshold: a number in [0, 1] or `f1` (each class's F1-optimal one, from metrics/pr.json)."""
+    return None if v == "f1" or not number(0, 1)(v) else f"must be a number in [0, 1] or f1, got {v!r}"
+
+
 def _nonempty(v) -> str | None:
     return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
 
@@ -61,8 +66,8 @@ SCHEMA: dict[str, Any] = {
     "decode": {},     # FCOSConfig.check
     "train": {"batch_size": number(1, 4096, integer=True), "device": _device},   # + TrainConfig.check
     "eval": {"batch_size": number(1, 4096, integer=True), "backend": choice("faster", "pycocotools"),
-             "winograd": of_type(bool)},
-    "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": number(0, 1)},
+             "winograd": of_type(bool), "confusion_thresh": _thresh},
+    "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": _thresh},
     "tracking": {"enabled": of_type(bool), "experiment": _nonempty, "log_every": number(1, 100000, integer=True)},
     "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),
              "direction": choice("maximize", "minimize"), "seed": number(0, 2**32 - 1, integer=True),

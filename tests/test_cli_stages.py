@@ -32,6 +32,16 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     for f in ("final_loss.png", "losses.png", "lr.png", "per_class_ap50.png"):
         assert (project / "plots/figures" / f).stat().st_size > 1000
     assert len(list((project / "plots/detections").glob("*.png"))) == 3     # 2 images + the mosaic
+    stats = summary["stats"]
+    assert {s: stats[s]["objects"] for s in stats} == summary["boxes"] and stats["test"]["images"] == 4
+    assert (project / "plots/dataset/dataset.png").stat().st_size > 10000
+    assert (project / "plots/dataset/objects_per_class.csv").read_text().count("\n") == 7
+    pr = json.loads((project / "metrics/pr.json").read_text())
+    assert list(pr["per_class"]) == summary["classes"] and pr["iou"] == 0.5
+    assert len(pr["confusion"]["matrix"]) == 7 and sum(map(sum, pr["confusion"]["matrix"])) >= 17
+    assert (project / "plots/pr_curve.csv").read_text().count("\n") == 102
+    for f in ("pr_curve.png", "f1_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png"):
+        assert (project / "plots/eval" / f).stat().st_size > 5000
 
     run_id = json.loads((project / "models/mlflow_run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri)
@@ -43,7 +53,11 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     assert len(client.get_metric_history(run_id, "train/final_loss")) == 3
     assert len(client.get_metric_history(run_id, "train/lr")) == 3
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"metrics", "figures", "detections", "eval"} <= artifacts
+    assert {"metrics", "figures", "detections", "eval", "dataset"} <= artifacts
+    logged = {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/pr_curve.png", "eval/confusion_matrix_normalized.png"} <= logged
+    assert "dataset/dataset.png" in {a.path for a in client.list_artifacts(run_id, "dataset")}
+    assert "test/F1" in run.data.metrics
     # MLflow 3's UI: a model-training experiment, the checkpoint as the run's model, the data as an input
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
@@ -61,6 +75,14 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     dets = json.loads((out / "detections.json").read_text())
     assert len(dets) == 18 and len(list(out.glob("*.png"))) == 18
     assert all({"box", "score", "label"} <= set(d) for item in dets for d in item["detections"])
+    r = run_cli("predict", str(project / "data/prepared/shapes/VOCdevkit/VOC2007/JPEGImages"), "--out",
+                str(project / "pred_f1"), "--score-thresh", "f1")    # each class's threshold from metrics/pr.json
+    assert r.exit_code == 0, r.stderr
+    f1 = json.loads((project / "pred_f1/detections.json").read_text())
+    thresh = {c: v["threshold"] or pr["all"]["threshold"] or 0.3 for c, v in pr["per_class"].items()}
+    assert all(d["score"] >= thresh[d["label"]] - 1e-4 for item in f1 for d in item["detections"])
+    above = lambda margin: sum(d["score"] >= thresh[d["label"]] + margin for item in dets for d in item["detections"])
+    assert above(1e-4) <= sum(len(i["detections"]) for i in f1) <= above(-1e-4)   # JSON scores: 4 decimals
 
 
 @pytest.mark.parametrize("args,message", [

@@ -47,6 +47,11 @@ def test_dvc_repro_end_to_end(repo, tracking_uri):
     assert json.dumps(metrics).count("AP50") >= 1
     sh("dvc", "plots", "show", "-o", "dvc_plots", cwd=repo)
     assert (repo / "dvc_plots/index.html").is_file()
+    page = (repo / "dvc_plots/index.html").read_text()
+    for plot in ("precision-recall at IoU 0.5", "confusion matrix (IoU 0.5", "objects per class", "pr_curve.png",
+                 "confusion_matrix_normalized.png", "dataset.png"):
+        assert plot in page, plot
+    assert {"metrics/pr.json", "plots/eval"} <= {o["path"] for o in lock["stages"]["evaluate"]["outs"]}
 
     run_id = json.loads((repo / "models/mlflow_run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri)

@@ -120,6 +120,13 @@ def test_deltas_reproduce_commands_and_sections(reported):
     assert per_class and all(row[1] == f"{best.data.metrics[f'test/AP50/{row[0]}']:.3f}" for row in per_class)
     detections = section(md, "Detections of the best run")
     assert best.info.run_name in detections and detections.count("](assets/detections/") == 2
+    side_by_side = section(md, "Precision-recall, F1 and confusion of the top runs")     # top runs: A and B
+    for name in ("pr_curve", "confusion_matrix_normalized", "f1_curve"):
+        assert all(f"](assets/{r.info.run_id[:8]}/{name}.png)" in side_by_side for r in runs[:2])
+    for r in runs[:2]:
+        assert (project / "reports/assets" / r.info.run_id[:8] / "pr_curve.png").stat().st_size > 5000
+    dataset = section(md, f"Dataset of the best run ({best.info.run_name})")
+    assert f"](assets/{best.info.run_id[:8]}/dataset.png)" in dataset
 
 
 @pytest.mark.slow
@@ -164,7 +171,7 @@ def test_html_is_self_contained_and_renders_in_chromium(reported, tmp_path):
     links = re.findall(r"""(?:src|href|url)[=(]["']?([^"')]{0,12})""", text)
     assert links and all(link.startswith("data:") for link in links) and "<script" not in text and "<link" not in text
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
-    assert len(uris) >= 7        # curves, per-class, 2 tuning figures, 2 detections... all decodable PNGs
+    assert len(uris) >= 14       # curves, per-class, 2x3 PR/confusion/F1, dataset, 2 tuning, 2 detections...
     for data in uris:
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

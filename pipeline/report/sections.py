@@ -113,7 +113,7 @@ def build_blocks(ctx: dict) -> list[dict]:
     failed = sum(r.status in ("FAILED", "KILLED") for r in rows)
     note += (f"{failed} failed or killed runs are marked ✗. " if failed else "") + f"{MISSING}: not recorded."
     blocks += [{"kind": "h2", "text": "Leaderboard"}, {"kind": "p", "text": note}, leaderboard(ctx)]
-    blocks += deltas(ctx) + figures(ctx) + tuning(ctx["tuning"])
+    blocks += deltas(ctx) + figures(ctx) + ctx.get("eval_blocks", []) + tuning(ctx["tuning"])
     blocks.append({"kind": "h2", "text": f"Detections of the best run{f' ({best.name})' if best else ''}"})
     blocks.append({"kind": "grid", "images": [(p, p.stem) for p in ctx["detections"]]} if ctx["detections"] else
                   {"kind": "p", "text": ctx["no_detections"]})

@@ -62,7 +62,13 @@ def run(params: dict, console) -> dict:
         w.writerow(["class", "AP50", "AP"])
         for c in classes:
             w.writerow([c, _fmt(m["per_class_AP50"].get(c)), _fmt(m["per_class_AP"].get(c))])
+    # PR and F1 curves, F1-optimal thresholds, confusion matrix: metrics/pr.json, plots/eval/ (eval_analysis.py).
+    from ..eval_analysis import EVAL_PLOTS, PR_METRICS, write_analysis
+    pr = write_analysis(m, PREPARED / "test.json", params["eval"]["confusion_thresh"])
     with Tracker(params, new_run=False) as tracker:
+        tracker.log_metrics({"test/F1": pr["F1"], "test/F1_thresh": pr["f1_thresh"]})   # None is not logged
+        tracker.log_artifact(PR_METRICS, "metrics")
+        tracker.log_artifact(EVAL_PLOTS, "eval")
         tracker.log_metrics({f"test/{k}": v for k, v in result.items() if isinstance(v, float)})
         tracker.log_metrics({f"test/AP50/{c}": v for c, v in m["per_class_AP50"].items() if v is not None})
         tracker.log_table({"class": classes, "AP50": [m["per_class_AP50"].get(c) for c in classes],
@@ -72,6 +78,8 @@ def run(params: dict, console) -> dict:
     Console().print(map_table(result))   # data on stdout, logs on stderr
     console.print(f"{m['num_images']} images: {m['inference_seconds']:.1f} s inference "
                   f"({m['ms_per_image']:.1f} ms/image for the model), {m['metric_seconds']:.2f} s COCO eval")
+    console.print(f"F1 {pr['F1']:.3f} at score >= {pr['f1_thresh'] or 0:.2f} (per class in {PR_METRICS}); "
+                  f"PR curves and confusion matrix in {EVAL_PLOTS}/")
     return result
 
 

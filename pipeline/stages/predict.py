@@ -42,20 +42,43 @@ def output_names(files: list[Path], out_dir: Path) -> list[Path]:
     return outs
 
 
-def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: float | None) -> dict:
+def detector(params: dict, model_path: Path | None, device):
+    """(detect: PIL image -> {"boxes", "scores", "labels"} numpy arrays, class names) for models/model.pt
+    (None), another checkpoint, or an exported .onnx graph run by onnxruntime."""
     import torch
 
-    from fcos.data import DataError, load_image, to_tensor
+    from fcos.data import to_tensor
+
+    if model_path is not None and model_path.suffix == ".onnx":
+        if not model_path.is_file():
+            raise UserError(f"{model_path}: no such file")
+        try:
+            from fcos.export import OnnxDetector
+            onnx = OnnxDetector(model_path)
+        except ImportError:
+            raise UserError("an .onnx model needs onnxruntime: pip install 'fcos-exp[export]'") from None
+        return onnx, onnx.classes
+    model, classes = load_trained(params, device) if model_path is None else load_trained(params, device, model_path)
+
+    @torch.inference_mode()
+    def detect(image):
+        return {k: v.cpu().numpy() for k, v in model([to_tensor(image).to(device)])[0].items()}
+    return detect, classes
+
+
+def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: float | str | None,
+        model_path: Path | None = None) -> dict:
+    from fcos.data import DataError, load_image
 
     from ..drawing import draw_boxes
+    from ..eval_analysis import class_thresholds
     from ..progress import bar
 
     files = collect(inputs)
     outs = output_names(files, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = device_of(params)
-    model, classes = load_trained(params, device)
-    thresh = params["visualize"]["score_thresh"] if score_thresh is None else score_thresh
+    detect, classes = detector(params, model_path, device_of(params))
+    thresh = class_thresholds(params["visualize"]["score_thresh"] if score_thresh is None else score_thresh, classes)
     results, skipped = [], 0
     with bar(console) as progress:
         task = progress.add_task("predict", total=len(files), info="")
@@ -67,13 +90,12 @@ def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: 
                 console.print(f"skipped {e}")
                 skipped += 1
                 continue
-            with torch.inference_mode():
-                det = model([to_tensor(image).to(device)])[0]
-            keep = det["scores"] >= thresh
-            boxes, scores, labels = (det[k][keep].cpu() for k in ("boxes", "scores", "labels"))
+            det = detect(image)
+            keep = det["scores"] >= thresh[det["labels"]]
+            boxes, scores, labels = (det[k][keep] for k in ("boxes", "scores", "labels"))
             draw_boxes(image, boxes, labels, classes, scores).save(out)
             results.append({"file": str(f), "output": str(out), "width": image.width, "height": image.height,
-                            "detections": [{"box": [round(v, 2) for v in b], "score": round(float(s), 4),
+                            "detections": [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4),
                                             "label": classes[int(c)]}
                                            for b, s, c in zip(boxes.tolist(), scores, labels)]})
     write_text(out_dir / "detections.json", json.dumps(results, indent=2))

@@ -72,7 +72,10 @@ def run(params: dict, console) -> dict:
                "images": {"train": len(train), "val": len(val), "test": len(test)},
                "boxes": {k: int(sum(len(r.boxes) for r in v)) for k, v in (("train", train), ("val", val), ("test", test))},
                "problems": dict(report.counts), "problem_lines": report.lines[:1000]}
+    # Dataset statistics per split (summary.json "stats") and plots/dataset/ (dataset.png, objects_per_class.csv).
+    from ..figures_dataset import DATASET_PLOTS, write_dataset_outputs
+    summary["stats"] = write_dataset_outputs({"train": train, "val": val, "test": test}, classes)
     write_json(PREPARED / "summary.json", summary)
     console.print(f"[bold]prepared[/] {summary['images']} images, {summary['boxes']} boxes, "
-                  f"{len(classes)} classes; {report.summary()}")
+                  f"{len(classes)} classes; {report.summary()}; look at {DATASET_PLOTS / 'dataset.png'}")
     return summary

@@ -13,6 +13,7 @@ from fcos.config import DECODE_KEYS
 
 from ..artifacts import MODEL, PREPARED, STEPS_CSV, TRAIN_METRICS, load_dataset, write_json
 from ..errors import UserError
+from ..figures_dataset import DATASET_PLOTS
 from ..params import device_of, flatten, model_config
 from ..progress import ProgressCallback
 from ..provenance import dataset_hash, git_commit
@@ -71,6 +72,8 @@ def run(params: dict, console, resume: bool = False) -> dict:
                                   "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
                                   "backbone": params["model"]["backbone"]})
                 tracker.log_dataset(f"{params['data']['format']}-prepared", dataset_hash(), str(PREPARED.resolve()))
+                tracker.log_artifact(DATASET_PLOTS, "dataset")   # prepare's statistics of the data trained on
+                tracker.log_artifact(PREPARED / "summary.json", "dataset")
             callbacks = [ProgressCallback(console, t["batch_size"] * dist.world_size()),
                          StepLog(STEPS_CSV, resume_step), MlflowCallback(tracker, params["tracking"]["log_every"])]
             result = train(params, MODEL, callbacks if main else [], device, resume=resume)

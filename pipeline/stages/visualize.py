@@ -8,6 +8,7 @@ from PIL import Image
 
 from ..artifacts import DETECTIONS, EVAL_METRICS, FIGURES, STEPS_CSV, load_dataset, load_trained
 from ..drawing import draw_boxes, per_class_bars, read_steps, side_by_side, training_curves
+from ..eval_analysis import class_thresholds
 from ..params import device_of
 from ..tracking import Tracker, tracking_uri
 
@@ -45,14 +46,15 @@ def run(params: dict, console) -> dict:
     device = device_of(params)
     model, classes = load_trained(params, device)
     test_ds = load_dataset("test")
-    thresh = params["visualize"]["score_thresh"]
+    # [K]: the number, or each class's F1-optimal threshold (metrics/pr.json)
+    thresh = torch.as_tensor(class_thresholds(params["visualize"]["score_thresh"], classes), device=device)
     panels = []
     for i in pick_images(test_ds.records, params["visualize"]["num_images"]):
         r = test_ds.records[i]
         image = load_image(r.file)
         with torch.inference_mode():
             det = model([test_ds[i][0].to(device)])[0]
-        keep = det["scores"] >= thresh
+        keep = det["scores"] >= thresh[det["labels"]]
         gt = draw_boxes(image, r.boxes, r.labels, classes)
         pred = draw_boxes(image, det["boxes"][keep].cpu(), det["labels"][keep].cpu(), classes, det["scores"][keep].cpu())
         panel = side_by_side(gt, pred)
