@@ -12,7 +12,7 @@ from .files import atomic_write
 from .model import FCOS
 
 
-CHECKPOINT_KEYS = ("model", "model_config", "classes", "epoch", "global_step")
+CHECKPOINT_KEYS = ("model", "model_config", "classes")   # + epoch, global_step, optimizer... to resume
 
 
 def _to_cpu(obj):

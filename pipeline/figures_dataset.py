@@ -41,7 +41,7 @@ def dataset_figure(tables: dict[str, dict], classes: list[str], path: Path) -> P
     ax = axes[0, 1]
     top = max([int(t["boxes"].max()) for t in tables.values() if len(t["boxes"])] + [1])
     bins = np.arange(top + 2) - 0.5
-    for split, t in tables.items():
+    for split, t in ((s, t) for s, t in tables.items() if len(t["boxes"])):   # an empty split has no shares
         ax.hist(t["boxes"], bins=bins, histtype="step", lw=1.5, color=COLOURS.get(split), density=True,
                 label=f"{split} (mean {t['boxes'].mean() if len(t['boxes']) else 0:.1f})")
     ax.set(title="boxes per image", xlabel="boxes", ylabel="share of images")

@@ -71,14 +71,18 @@ def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: 
     from fcos.data import DataError, load_image
 
     from ..drawing import draw_boxes
-    from ..eval_analysis import class_thresholds
+    from ..eval_analysis import NO_F1_THRESH, PR_METRICS, class_thresholds
     from ..progress import bar
 
     files = collect(inputs)
     outs = output_names(files, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     detect, classes = detector(params, model_path, device_of(params))
-    thresh = class_thresholds(params["visualize"]["score_thresh"] if score_thresh is None else score_thresh, classes)
+    setting = params["visualize"]["score_thresh"] if score_thresh is None else score_thresh
+    if score_thresh is None and setting == "f1" and not PR_METRICS.is_file():
+        console.print(f"no {PR_METRICS} yet (`fcos-exp evaluate` writes it): drawing scores >= {NO_F1_THRESH}")
+        setting = NO_F1_THRESH
+    thresh = class_thresholds(setting, classes)
     results, skipped = [], 0
     with bar(console) as progress:
         task = progress.add_task("predict", total=len(files), info="")

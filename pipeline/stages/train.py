@@ -42,6 +42,8 @@ def _check_resumable(params: dict) -> int:
     """The checkpoint's global step, after checking it was trained with the same model and classes."""
     from fcos.checkpoint import load_checkpoint
     ckpt = load_checkpoint(MODEL)
+    if "global_step" not in ckpt or "optimizer" not in ckpt:
+        raise UserError(f"{MODEL}: holds weights but no training state to resume from; train without --resume")
     names = load_dataset("train").classes
     if list(ckpt["classes"]) != names:
         raise UserError(f"{MODEL}: trained on classes {ckpt['classes']}, but data/prepared has {names}; "
