@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from common import interleave, median
+
 from fcos.coco_eval import STAT_NAMES, _quiet, coco_evaluate, load_gt
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common import flops, interleave, matmul_peak_gflops, median
 from torch import nn
 from torchvision.models.detection import FCOS as TVFCOS
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from common import flops, interleave, matmul_peak_gflops, median
 from fcos import FCOS
 from fcos.inference import for_inference
 
@@ -92,7 +92,8 @@ def main():
 
     print(f"CPU threads {torch.get_num_threads()}, matmul peak {peak:.1f} GFLOP/s; input {args.size}px, "
           f"train batch {args.batch}, {args.rounds} interleaved rounds (medians)")
-    for title, times, fl, n in (("train step", t, train_flops, args.batch), ("inference (batch 1)", ti, infer_flops, 1)):
+    rows = (("train step", t, train_flops, args.batch), ("inference (batch 1)", ti, infer_flops, 1))
+    for title, times, fl, n in rows:
         print(f"\n{title}")
         for name in times:
             m = median(times[name])

@@ -11,9 +11,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from common import interleave, median
 from torch import nn
 
-from common import interleave, median
 from fcos.winograd import WinogradConv2d
 
 SHAPES = [(c, hw) for c in (64, 128, 256, 512) for hw in ((10, 14), (16, 16), (20, 28), (40, 56), (80, 112))]
@@ -48,7 +48,7 @@ def main():
             ref = F.conv2d(one.double(), conv.weight.double(), conv.bias.double(), padding=1)
             scale = float(ref.abs().max())
             err = [float((f(one).double() - ref).abs().max()) / scale for f in (conv, wino)]
-            t_inf = interleave({"conv": lambda: conv(one), "wino": lambda: wino(one)}, args.rounds)
+            t_inf = interleave({"conv": lambda c=conv, x=one: c(x), "wino": lambda w=wino, x=one: w(x)}, args.rounds)
         (ic, iw), (tc, tw) = ((median(t["conv"]), median(t["wino"])) for t in (t_inf, t_train))
         print(f"{c:4d} {h:4d} x {w:<4d}| {ic * 1000:11.2f} {iw * 1000:7.2f} {ic / iw:5.2f} {err[0]:8.1e} {err[1]:8.1e} "
               f"| {tc * 1000:11.1f} {tw * 1000:7.1f} {tc / tw:5.2f}")

@@ -11,7 +11,6 @@ from .config import FCOSConfig
 from .files import atomic_write
 from .model import FCOS
 
-
 CHECKPOINT_KEYS = ("model", "model_config", "classes")   # + epoch, global_step, optimizer... to resume
 
 
@@ -46,8 +45,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path}: not a readable fcos-exp checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        what = "a plain state dict" if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()) \
-            else type(ckpt).__name__
+        tensors = isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+        what = "a plain state dict" if tensors else type(ckpt).__name__
         raise ValueError(f"{path}: not an fcos-exp checkpoint ({what}, without {', '.join(missing)})")
     return ckpt
 

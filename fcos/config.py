@@ -4,8 +4,9 @@ pipeline/params.py delegates to: a value that passes here is one the library can
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
            "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
@@ -173,7 +174,7 @@ class FCOSConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FCOSConfig":
+    def from_dict(cls, d: dict) -> FCOSConfig:
         """A config from a plain dict (e.g. a checkpoint's); keys of older versions are dropped."""
         d = {k: v for k, v in d.items() if k not in _LEGACY_KEYS}
         problems = cls.check(d)

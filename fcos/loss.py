@@ -19,7 +19,8 @@ def giou_loss(pred: Tensor, gt: Tensor, eps: float = 1e-7) -> Tensor:
     GPU (a data-dependent shape)."""
     x1, y1, x2, y2 = pred.unbind(-1)
     x1g, y1g, x2g, y2g = gt.unbind(-1)
-    inter = (torch.min(x2, x2g) - torch.max(x1, x1g)).clamp(min=0) * (torch.min(y2, y2g) - torch.max(y1, y1g)).clamp(min=0)
+    inter_w = (torch.min(x2, x2g) - torch.max(x1, x1g)).clamp(min=0)
+    inter = inter_w * (torch.min(y2, y2g) - torch.max(y1, y1g)).clamp(min=0)
     union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
     iou = inter / (union + eps)
     hull = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))

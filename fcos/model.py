@@ -71,7 +71,7 @@ class FCOS(nn.Module):
         if detector is not None:
             interop.load_torchvision_weights(self, detector, cfg.weights)
 
-    def set_decoding(self, **values) -> "FCOS":
+    def set_decoding(self, **values) -> FCOS:
         """Change how detections are decoded (score_thresh, nms_thresh, topk_candidates, detections_per_img)
         without touching the weights; returns the model."""
         problems = [f"{k}: not a decoding setting" for k in values if k not in DECODE_KEYS]

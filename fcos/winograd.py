@@ -48,7 +48,7 @@ class WinogradConv2d(nn.Conv2d):
         self._kernel_cache: tuple | None = None
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, min_pixels: int = 256) -> "WinogradConv2d":
+    def from_conv(cls, conv: nn.Conv2d, min_pixels: int = 256) -> WinogradConv2d:
         """A WinogradConv2d sharing `conv`'s weight and bias Parameters."""
         if not _is_3x3_same(conv):
             raise ValueError(f"WinogradConv2d needs a 3x3 stride-1 padding-1 convolution, got {conv}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,12 +21,12 @@ def _user_errors():
     """Expected failures become one line on stderr and a non-zero exit; FCOS_EXP_DEBUG=1 shows tracebacks."""
     import yaml
 
-    from fcos.data import DataError   # light: no torch model is built by importing it
+    from fcos.data import DataError  # light: no torch model is built by importing it
     try:
         yield
     except KeyboardInterrupt:
         typer.echo("interrupted: the last checkpoint is kept; `fcos-exp train --resume` continues", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except (UserError, DataError, OSError, FloatingPointError, ValueError, yaml.YAMLError) as e:
         if os.environ.get("FCOS_EXP_DEBUG"):
             raise
@@ -36,7 +35,7 @@ def _user_errors():
             message = f"{e.filename}: {e.strerror}"
         for line in message.splitlines():
             typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(getattr(e, "code", 2) if isinstance(e, UserError) else 2)
+        raise typer.Exit(getattr(e, "code", 2) if isinstance(e, UserError) else 2) from None
 
 
 def _version(value: bool) -> None:
@@ -58,9 +57,12 @@ def _version(value: bool) -> None:
     raise typer.Exit()
 
 
+VersionOpt = Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and the torch/CUDA in use, then exit.")]
+
+
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Show the version and the torch/CUDA in use, then exit.")] = False):
+def _main(version: VersionOpt = False):
     """FCOS object detection experiments: prepare -> train -> evaluate -> visualize, tracked in MLflow,
     tuned with Optuna."""
 
@@ -157,7 +159,8 @@ def sync(params: ParamsOpt = Path("params.yaml")):
 
 
 @app.command()
-def tune(trials: Annotated[Optional[int], typer.Option(min=1, help="Trials of the whole study (default tune.trials).")] = None,
+def tune(trials: Annotated[Optional[int], typer.Option(min=1, help="Trials of the whole study (default tune.trials)."
+                                                       )] = None,
          storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file or an RDB URL.")] = None,
          study_name: Annotated[Optional[str], typer.Option(help="Study name (default tune.study_name).")] = None,
          apply: Annotated[bool, typer.Option("--apply", help="Write the best params found into --params.")] = False,
@@ -174,7 +177,8 @@ def tune(trials: Annotated[Optional[int], typer.Option(min=1, help="Trials of th
 
 
 @app.command()
-def report(experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default tracking.experiment).")] = None,
+def report(experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default tracking.experiment)."
+                                                             )] = None,
            filter_tag: Annotated[Optional[str], typer.Option(help="Only runs with this tag, key=value.")] = None,
            status: Annotated[Optional[str], typer.Option(help="Only runs in this state: FINISHED, FAILED, KILLED, "
                                                               "RUNNING.")] = None,
@@ -184,7 +188,8 @@ def report(experiment: Annotated[Optional[str], typer.Option(help="MLflow experi
            baseline: Annotated[Optional[str], typer.Option(help="Run id, id prefix or name for the deltas "
                                                                 "(default: the oldest).")] = None,
            out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("reports"),
-           storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the study (default tune.storage).")] = None,
+           storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the study (default tune.storage)."
+                                                          )] = None,
            study_name: Annotated[Optional[str], typer.Option(help="Optuna study (default tune.study_name).")] = None,
            params: ParamsOpt = Path("params.yaml")):
     """Write reports/report.md and a self-contained reports/report.html comparing the tracked runs.

@@ -58,7 +58,8 @@ def training_curves(steps: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     x = steps["step"]
     written = []
-    for name, keys in (("final_loss", ["final_loss"]), ("losses", ["cls_loss", "reg_loss", "ctr_loss"]), ("lr", ["lr"])):
+    groups = (("final_loss", ["final_loss"]), ("losses", ["cls_loss", "reg_loss", "ctr_loss"]), ("lr", ["lr"]))
+    for name, keys in groups:
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
         for k in keys:
             y = steps[k]

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from fcos.config import DECODE_KEYS, FCOSConfig, TrainConfig, choice, number, of_type
 from fcos.coco_eval import STAT_NAMES
+from fcos.config import DECODE_KEYS, FCOSConfig, TrainConfig, choice, number, of_type
 
 from .errors import UserError
 

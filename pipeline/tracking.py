@@ -87,7 +87,7 @@ class Tracker:
         self.system_metrics = system_metrics
         self.status: str | None = None   # the state the run ends in; by default FINISHED, FAILED on an error
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         if not self.enabled:
             return self
         self.client = client()

@@ -47,7 +47,8 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.lr"] == str(tiny_params()["train"]["lr"]) and run.data.params["model.backbone"] == "resnet18"
+    assert run.data.params["train.lr"] == str(tiny_params()["train"]["lr"])
+    assert run.data.params["model.backbone"] == "resnet18"
     assert {"git_commit", "dataset_hash", "seed"} <= set(run.data.tags)
     assert run.data.metrics["test/AP50"] == pytest.approx(ev["AP50"])
     assert len(client.get_metric_history(run_id, "train/final_loss")) == 3

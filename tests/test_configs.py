@@ -44,7 +44,8 @@ def test_overlay_errors_name_the_file(tmp_path, monkeypatch):
     r = run_cli("prepare", "--params", "loop.yaml")
     assert r.exit_code == 2 and "loop.yaml: base: loop.yaml includes itself" in r.stderr
     r = run_cli("prepare", "--params", "typo.yaml")
-    assert "typo.yaml: train.epoch: unknown key" in r.stderr and "typo.yaml: train.lr: must be a finite number" in r.stderr
+    assert "typo.yaml: train.epoch: unknown key" in r.stderr
+    assert "typo.yaml: train.lr: must be a finite number" in r.stderr
     r = run_cli("prepare", "--params", "nobase.yaml")
     assert r.exit_code == 2 and "missing.yaml: params file not found" in r.stderr
 
@@ -122,7 +123,8 @@ def test_readme_voc07_walkthrough_runs_verbatim_up_to_the_real_data(tmp_path, vo
     photos (standing in for the downloads). `dvc repro` is where real VOC07 and a GPU are needed: the
     prepare stage runs here, the rest is checked with `dvc status`."""
     block = WALKTHROUGH.search((ROOT / "README.md").read_text()).group(1)
-    commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    commands = [line.split("  #")[0].strip() for line in block.splitlines()
+                if line.strip() and not line.startswith("#")]
     assert commands[-1] == "dvc repro"
     repo = git_project(tmp_path / "repo", yaml.safe_load((ROOT / "params.yaml").read_text()))
     for name in ("VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar"):

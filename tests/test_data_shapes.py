@@ -35,7 +35,8 @@ def test_properties_of_a_real_detection_problem(tmp_path):
     assert (counts == 0).sum() >= 2                      # images with no object
     assert (counts >= 3).mean() > 0.3                    # several objects per image
     assert set(labels.tolist()) == set(range(len(SHAPES_CLASSES)))
-    sides = np.concatenate([np.maximum(r.boxes[:, 2] - r.boxes[:, 0], r.boxes[:, 3] - r.boxes[:, 1]) for r in ds.records])
+    sides = np.concatenate([np.maximum(r.boxes[:, 2] - r.boxes[:, 0], r.boxes[:, 3] - r.boxes[:, 1])
+                            for r in ds.records])
     assert sides.min() < 32 and sides.max() > 200        # several scales
     boxes = np.concatenate([r.boxes for r in ds.records])
     cut = (boxes[:, 0] <= 0) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= 256) | (boxes[:, 3] >= 256)
@@ -63,6 +64,7 @@ def test_properties_of_a_real_detection_problem(tmp_path):
 
 def test_class_colours_change_pixels_not_the_layout(tmp_path):
     import colorsys
+
     from PIL import Image
     a = generate_shapes(tmp_path / "a", seed=3, num_trainval=30, num_test=2, image_size=96, colours="class")
     b = generate_shapes(tmp_path / "b", seed=3, num_trainval=30, num_test=2, image_size=96, colours="random")

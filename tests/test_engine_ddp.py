@@ -32,7 +32,8 @@ def _worker(rank, world, port, data_root, out_dir):
     loader = build_loader(ds, 2, shuffle=True, seed=0, distributed=True)
     result = fit(model, loader, TrainConfig(epochs=1, optimizer="sgd", lr=0.01, warmup_epochs=0),
                  checkpoint_path=os.path.join(out_dir, "ck.pt"), classes=ds.classes, device=device)
-    torch.save({"state": {k: v.detach() for k, v in model.named_parameters()}, "steps": result["steps"]}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"state": {k: v.detach() for k, v in model.named_parameters()}, "steps": result["steps"]},
+               os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -46,7 +47,8 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     torch.manual_seed(0)
     from fcos import FCOS
-    init = dict(FCOS(num_classes=6, fpn_channels=16, head_convs=1, gn_groups=8, min_size=64, max_size=96).named_parameters())
+    init = dict(FCOS(num_classes=6, fpn_channels=16, head_convs=1, gn_groups=8, min_size=64,
+                     max_size=96).named_parameters())
     assert not torch.equal(init["head.cls_logits.weight"], a["state"]["head.cls_logits.weight"])   # it trained
     assert (tmp_path / "ck.pt").is_file()          # written by rank 0 only
 

@@ -27,7 +27,8 @@ def noisy_detections(gt_path, seed=0):
     for img in data["images"]:
         for _ in range(3):
             w, h = rng.uniform(10, 100, 2)
-            rows.append([img["id"], rng.uniform(0, 200), rng.uniform(0, 200), w, h, rng.random() * 0.5, int(rng.choice(cats))])
+            rows.append([img["id"], rng.uniform(0, 200), rng.uniform(0, 200), w, h, rng.random() * 0.5,
+                         int(rng.choice(cats))])
     return np.array(rows)
 
 

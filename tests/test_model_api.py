@@ -11,7 +11,8 @@ def tiny(**kw):
 
 
 def target(boxes, labels):
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels, dtype=torch.long)}
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.long)}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,8 @@ def test_eval_detections_are_in_input_image_pixels(model):
     ([torch.rand(3, 64, 64)], [target([[1, 1, 20, 20]], [3])], "image 0: labels must be in [0, 3)"),
     ([torch.rand(3, 64, 64)], [{"boxes": torch.zeros(1, 5), "labels": torch.zeros(1, dtype=torch.long)}],
      "image 0: boxes must be a float tensor [N, 4]"),
-    ([torch.rand(3, 64, 64)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}], "image 0: labels must be an int64"),
+    ([torch.rand(3, 64, 64)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}],
+     "image 0: labels must be an int64"),
 ])
 def test_bad_input_raises_value_error_naming_the_image(model, images, targets, message):
     model.train()

@@ -11,7 +11,7 @@ import mlflow
 import optuna
 import pytest
 import yaml
-from conftest import pause_env, run_cli, tiny_params, wait_paused
+from conftest import pause_env, run_cli, wait_paused
 
 SPACE = "train.lr: {type: float, low: 0.001, high: 0.01, log: true}\ntrain.epochs: {type: int, low: 1, high: 2}\n"
 

@@ -105,7 +105,8 @@ def read_coco(ann_file: str | Path, image_dir: str | Path | None = None, report:
             try:
                 real = image_size(file, verify=check_images)
             except DataError as e:
-                report.problem("unreadable image", file, f"unreadable image: {e.args[0].split(': ', 1)[-1]} (image skipped)")
+                report.problem("unreadable image", file,
+                           f"unreadable image: {e.args[0].split(': ', 1)[-1]} (image skipped)")
                 continue
             if w and h and (w, h) != real:
                 report.problem("size mismatch", ann_file, f"image {iid} is {real[0]}x{real[1]}, not {w}x{h} "

@@ -32,7 +32,8 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
                for i, a in enumerate(np.arange(10) * math.pi / 5 - math.pi / 2)]
     elif kind == "cross":
         t = 0.33
-        pts = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+        pts = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t),
+               (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
     else:
         raise ValueError(kind)
     c, s = math.cos(angle), math.sin(angle)

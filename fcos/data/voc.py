@@ -86,7 +86,8 @@ def _parse(xml_file: Path, root: Path, stem: str, image_id: int, class_index: di
         try:
             real = image_size(file, verify=check_images)
         except DataError as e:
-            report.problem("unreadable image", file, f"unreadable image: {e.args[0].split(': ', 1)[-1]} (image skipped)")
+            report.problem("unreadable image", file,
+                           f"unreadable image: {e.args[0].split(': ', 1)[-1]} (image skipped)")
             return None
         if (width, height) != real:
             if width > 0:

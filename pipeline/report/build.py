@@ -163,7 +163,7 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
         out: Path = Path("reports"), storage: str | None = None, study_name: str | None = None) -> Path:
     """Build the report; zero matching runs give a report (and a message) saying so, not an error."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep stderr to the final lines
-    from .eval import eval_blocks   # PR / F1 / confusion of the top runs, the dataset figure
+    from .eval import eval_blocks  # PR / F1 / confusion of the top runs, the dataset figure
     from .html import render_html, render_markdown
     from .sections import build_blocks
     from .tuning import tuning_section

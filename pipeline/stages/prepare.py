@@ -70,7 +70,8 @@ def run(params: dict, console) -> dict:
     write_coco(PREPARED / "test.json", test, classes, cat_ids, ignore_difficult)
     summary = {"format": params["data"]["format"], "classes": classes,
                "images": {"train": len(train), "val": len(val), "test": len(test)},
-               "boxes": {k: int(sum(len(r.boxes) for r in v)) for k, v in (("train", train), ("val", val), ("test", test))},
+               "boxes": {k: int(sum(len(r.boxes) for r in v))
+                         for k, v in (("train", train), ("val", val), ("test", test))},
                "problems": dict(report.counts), "problem_lines": report.lines[:1000]}
     # Dataset statistics per split (summary.json "stats") and plots/dataset/ (dataset.png, objects_per_class.csv).
     from ..figures_dataset import DATASET_PLOTS, write_dataset_outputs

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from PIL import Image
 
@@ -56,7 +55,8 @@ def run(params: dict, console) -> dict:
             det = model([test_ds[i][0].to(device)])[0]
         keep = det["scores"] >= thresh[det["labels"]]
         gt = draw_boxes(image, r.boxes, r.labels, classes)
-        pred = draw_boxes(image, det["boxes"][keep].cpu(), det["labels"][keep].cpu(), classes, det["scores"][keep].cpu())
+        pred = draw_boxes(image, det["boxes"][keep].cpu(), det["labels"][keep].cpu(), classes,
+                          det["scores"][keep].cpu())
         panel = side_by_side(gt, pred)
         panel.save(DETECTIONS / f"{r.file.stem}.png")
         panels.append(panel)

@@ -69,7 +69,8 @@ def trials_table(study) -> Table:
     for col in ("trial", "params", "value", "state", "seconds"):
         table.add_column(col)
     for t in study.get_trials(deepcopy=False)[-25:]:
-        secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        done = t.datetime_complete and t.datetime_start
+        secs = (t.datetime_complete - t.datetime_start).total_seconds() if done else None
         params = ", ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                            for k, v in t.params.items())
         table.add_row(str(t.number), params, "-" if t.value is None else f"{t.value:.4f}", t.state.name,
