@@ -19,11 +19,12 @@ import torch
 import torchvision
 from torchvision.models.detection import FCOS as TVFCOS
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d, box_iou
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from fcos import FCOS
 from fcos.data.voc import VOCDataset
+from fcos.interop import match_to_reference
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/voc2007-sample/VOCdevkit/VOC2007"
 
@@ -41,25 +42,6 @@ def coco_architecture() -> TVFCOS:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.05)
             conv.bias.fill_(bias)
     return tv
-
-
-def match(ref: dict, out: dict, min_iou: float = 0.98, tol: float = 2e-3):
-    """Unmatched ref boxes [U, 4] and the largest score difference among ref's detections paired with out's
-    (boxes empty after clipping, which have no IoU: corners within 0.01 pixel)."""
-    same = (ref["boxes"][:, None] - out["boxes"][None]).abs().amax(-1) < 0.01
-    iou = torch.where(same, 1.0, box_iou(ref["boxes"], out["boxes"]).nan_to_num(0.0))
-    free = torch.ones(len(out["scores"]), dtype=torch.bool)
-    unmatched, worst = [], 0.0
-    for i in range(len(ref["scores"])):
-        diff = (out["scores"] - ref["scores"][i]).abs()
-        ok = (iou[i] >= min_iou) & (out["labels"] == ref["labels"][i]) & (diff <= tol) & free
-        if ok.any():
-            j = int(torch.where(ok, iou[i], -1.0).argmax())
-            free[j] = False
-            worst = max(worst, float(diff[j]))
-        else:
-            unmatched.append(ref["boxes"][i])
-    return (torch.stack(unmatched) if unmatched else torch.zeros(0, 4)), worst
 
 
 def main():
@@ -81,7 +63,8 @@ def main():
     with torch.no_grad():
         for image, _ in items:
             ref, out = tv([image.to(device)])[0], ours([image.to(device)])[0]
-            unmatched, w = match({k: v.cpu() for k, v in ref.items()}, {k: v.cpu() for k, v in out.items()})
+            cpu = [{k: v.cpu() for k, v in d.items()} for d in (ref, out)]
+            unmatched, w = match_to_reference(*cpu)
             total += len(ref["scores"])
             matched += len(ref["scores"]) - len(unmatched)
             worst = max(worst, w)

@@ -20,7 +20,7 @@ from torchvision.models.detection import FCOS as TVFCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.fcos import FCOSHead as TVHead
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from .backbone import freeze_stages
@@ -206,3 +206,24 @@ def to_torchvision(model: nn.Module) -> TVFCOS:
                 topk_candidates=cfg.topk_candidates, size_divisible=cfg.size_divisible)
     tv.load_state_dict(state)
     return tv.to(next(model.parameters()).device).train(model.training)
+
+
+def match_to_reference(ref: dict, out: dict, min_iou: float = 0.98, tol: float = 2e-3):
+    """For two detection sets of one image ({"boxes" [N, 4], "scores" [N], "labels" [N]}): each of ref's paired
+    with an unpaired one of out's of its label within `tol` in score, at the highest IoU >= min_iou.
+    Unmatched ref boxes [U, 4] and the largest score difference among ref's detections paired with out's
+    (boxes empty after clipping, which have no IoU: corners within 0.01 pixel)."""
+    same = (ref["boxes"][:, None] - out["boxes"][None]).abs().amax(-1) < 0.01
+    iou = torch.where(same, 1.0, box_iou(ref["boxes"], out["boxes"]).nan_to_num(0.0))
+    free = torch.ones(len(out["scores"]), dtype=torch.bool)
+    unmatched, worst = [], 0.0
+    for i in range(len(ref["scores"])):
+        diff = (out["scores"] - ref["scores"][i]).abs()
+        ok = (iou[i] >= min_iou) & (out["labels"] == ref["labels"][i]) & (diff <= tol) & free
+        if ok.any():
+            j = int(torch.where(ok, iou[i], -1.0).argmax())
+            free[j] = False
+            worst = max(worst, float(diff[j]))
+        else:
+            unmatched.append(ref["boxes"][i])
+    return (torch.stack(unmatched) if unmatched else torch.zeros(0, 4)), worst

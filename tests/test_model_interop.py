@@ -17,12 +17,12 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.fcos import FCOSHead as TVHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FrozenBatchNorm2d, box_iou
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from fcos import FCOS, FCOSConfig
 from fcos.data.voc import VOCDataset
-from fcos.interop import config_from_torchvision, torchvision_state_dict
+from fcos.interop import config_from_torchvision, match_to_reference, torchvision_state_dict
 from fcos.points import make_points
 from fcos.postprocess import PostProcess
 from fcos.targets import assign_targets
@@ -64,25 +64,13 @@ def photos(voc_sample):
 
 
 def match(ref: list[dict], out: list[dict], min_iou=0.98, tol=2e-3):
-    """Each of `ref`'s detections paired (one to one) with one of `out`'s of the same label, IoU >= min_iou
-    (boxes empty after clipping, which have no IoU: corners within 0.01 pixel) and score within tol. Returns
-    the unmatched ref boxes [U, 4], the number of ref detections, the largest score difference among pairs."""
+    """Over images: (unmatched reference boxes [U, 4], reference detections, largest score difference)."""
     unmatched, total, worst = [], 0, 0.0
     for r, o in zip(ref, out, strict=True):
-        same = (r["boxes"][:, None] - o["boxes"][None]).abs().amax(-1) < 0.01
-        iou = torch.where(same, 1.0, box_iou(r["boxes"], o["boxes"]).nan_to_num(0.0))
-        free = torch.ones(len(o["scores"]), dtype=torch.bool)
-        for i in range(len(r["scores"])):
-            diff = (o["scores"] - r["scores"][i]).abs()
-            ok = (iou[i] >= min_iou) & (o["labels"] == r["labels"][i]) & (diff <= tol) & free
-            if ok.any():
-                j = int(torch.where(ok, iou[i], -1.0).argmax())
-                free[j] = False
-                worst = max(worst, float(diff[j]))
-            else:
-                unmatched.append(r["boxes"][i])
-        total += len(r["scores"])
-    return torch.stack(unmatched) if unmatched else torch.zeros(0, 4), total, worst
+        u, w = match_to_reference(r, o, min_iou, tol)
+        unmatched.append(u)
+        total, worst = total + len(r["scores"]), max(worst, w)
+    return torch.cat(unmatched), total, worst
 
 
 def test_detections_equal_torchvision_on_real_photos(photos):
