@@ -85,7 +85,7 @@ def f1_thresholds(curves: PRCurves) -> dict:
         r = int(np.argmax(f1[:, k]))   # the first (highest-threshold) of equal maxima
         best = float(f1[r, k])
         out[name] = {"f1": best, "threshold": float(curves.scores[r, k]) if best > 0 else None,
-                     "precision": float(curves.precision[r, k]), "recall": float(curves.recall[r]),
+                     "precision": float(curves.precision[r, k]), "recall": round(float(curves.recall[r]), 2),
                      "AP": float(curves.ap[k])}
     mean_f1 = np.nanmean(curves.f1_at(), axis=1) if curves.present.any() else np.zeros_like(CONFIDENCE)
     c = len(mean_f1) - 1 - int(np.argmax(mean_f1[::-1]))   # the highest of equal maxima: fewest detections
