@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -99,18 +100,21 @@ def test_config_runs_prepare_train_evaluate_on_real_voc_photos(config, tmp_path,
     assert list(ckpt["model_config"]["min_size"]) == list(wanted["min_size"])
 
 
-def test_imagenet_weights_offline_fail_in_one_line_saying_what_to_do(project, tmp_path, monkeypatch):
-    """No network (a proxy that refuses every connection): one line, naming the setting and the remedy."""
+def test_imagenet_weights_offline_fail_in_one_line_saying_what_to_do(project, tmp_path):
+    """No network (a proxy that refuses every connection): one line, naming the setting and the remedy.
+    In a subprocess: urllib caches its first opener, proxies included, for the rest of a process."""
     p = yaml.safe_load(Path("params.yaml").read_text())
     p["model"]["weights"] = "imagenet"
+    p["tracking"]["enabled"] = False
     Path("params.yaml").write_text(yaml.safe_dump(p))
     assert run_cli("prepare").exit_code == 0
-    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    r = run_cli("train")
+    proxy = "http://127.0.0.1:9"
+    env = {**os.environ, "HTTPS_PROXY": proxy, "https_proxy": proxy, "HTTP_PROXY": proxy, "http_proxy": proxy,
+           "TORCH_HOME": str(tmp_path / "torch-home")}
+    r = subprocess.run([sys.executable, "-m", "pipeline", "train"], cwd=project, env=env, capture_output=True,
+                       text=True, timeout=600)
     lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.exit_code == 2 and len(lines) == 1, r.stderr
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "model.weights imagenet" in lines[0] and "path of that resnet18 state dict" in lines[0]
 
 

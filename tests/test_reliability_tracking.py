@@ -27,9 +27,10 @@ def start_server(tmp_path, port):
                           "--artifacts-destination", str(tmp_path / "artifacts")],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600                         # a hang guard, not a speed assumption
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback: never through a proxy
     while p.poll() is None and time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            direct.open(f"http://127.0.0.1:{port}/health", timeout=2)
             return p
         except OSError:
             time.sleep(0.5)
