@@ -64,7 +64,7 @@ def test_server_outage_mid_training_loses_nothing(tmp_path):
     server = start_server(tmp_path, port)
     try:
         pause, release = pause_env(tmp_path, 12)
-        train = cli(project, "train", env={**env, **pause})
+        train = cli(project, "train", env={**pause, **env})   # env last: its tracking URI wins
         wait_paused(train, release)
         stop_server(server)                                    # the outage, mid-training (after step 12)
         release.touch()
