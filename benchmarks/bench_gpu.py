@@ -178,13 +178,8 @@ def run_config(env: Env, backbone: str, size: int, args, report: dict) -> None:
         resident = {k: resident_bytes(m, opts[k]) for k, m in models.items()}
         row = {"backbone": backbone, "size": size, "batch": n,
                "models": time_models(env, fns, n, args.rounds, args.warmup, resident)}
-        if n == max(args.train_batches):
-            row["phases"] = {k: Phases(env, models[k]).run(fns[k], args.phase_repeats, train=True)
-                             for k in ("fcos-exp", "torchvision")}
-        ms = {k: v["ms"] for k, v in row["models"].items()}
-        row["speedup_vs_torchvision"] = {k: round(ms["torchvision"] / ms[k], 3) for k in ms if k != "torchvision"}
-        report["train"].append(row)
-        print_row("train", row)
+        finish_row(env, args, report, "train", row, models, fns, ("fcos-exp", "torchvision"),
+                   n == max(args.train_batches))
     del opts, scalers, fns
     ours, theirs = models["fcos-exp"].eval(), models["torchvision"].eval()
     del models
@@ -204,13 +199,20 @@ def run_config(env: Env, backbone: str, size: int, args, report: dict) -> None:
                    "models": time_models(env, fns, n, args.rounds, args.warmup, resident),
                    "detections_per_image": {k: round(sum(len(d["scores"]) for d in f()) / n, 1)
                                             for k, f in fns.items()}}
-            if n == max(args.infer_batches):
-                row["phases"] = {k: Phases(env, infer[k]).run(fns[k], args.phase_repeats, train=False)
-                                 for k in ("fcos-exp-fused", "torchvision")}
-            ms = {k: v["ms"] for k, v in row["models"].items()}
-            row["speedup_vs_torchvision"] = {k: round(ms["torchvision"] / ms[k], 3) for k in ms if k != "torchvision"}
-            report["inference"].append(row)
-            print_row("inference", row)
+            finish_row(env, args, report, "inference", row, infer, fns, ("fcos-exp-fused", "torchvision"),
+                       n == max(args.infer_batches))
+
+
+def finish_row(env: Env, args, report: dict, kind: str, row: dict, models: dict, fns: dict, phased: tuple,
+               with_phases: bool) -> None:
+    """Add the time split of `phased` models (largest batch only), the speed-ups, then record and print."""
+    if with_phases:
+        row["phases"] = {k: Phases(env, models[k]).run(fns[k], args.phase_repeats, train=kind == "train")
+                         for k in phased}
+    ms = {k: v["ms"] for k, v in row["models"].items()}
+    row["speedup_vs_torchvision"] = {k: round(ms["torchvision"] / ms[k], 3) for k in ms if k != "torchvision"}
+    report[kind].append(row)
+    print_row(kind, row)
 
 
 def inference(env: Env, model, images):

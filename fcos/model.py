@@ -59,8 +59,9 @@ class FCOS(nn.Module):
         super().__init__()
         if config is not None and not isinstance(config, FCOSConfig):
             raise TypeError(f"config must be an FCOSConfig, got {type(config).__name__}")
-        cfg = FCOSConfig(**{**(config.to_dict() if config else {}), **kwargs}) if kwargs or config is None else config
-        self.config = cfg
+        if config is None or kwargs:
+            config = FCOSConfig(**{**(config.to_dict() if config else {}), **kwargs})
+        self.config = cfg = config
         detector = interop.read_torchvision_weights(cfg.weights)   # a torchvision FCOS checkpoint, else None
         self.transform = Transform(cfg)
         self.backbone = Backbone(cfg if detector is None else replace(cfg, weights=None))

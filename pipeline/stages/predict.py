@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import load_trained, write_text
+from ..artifacts import MODEL, load_trained, write_text
 from ..errors import UserError
 from ..params import device_of
 
@@ -58,7 +58,7 @@ def detector(params: dict, model_path: Path | None, device):
         except ImportError:
             raise UserError("an .onnx model needs onnxruntime: pip install 'fcos-exp[export]'") from None
         return onnx, onnx.classes
-    model, classes = load_trained(params, device) if model_path is None else load_trained(params, device, model_path)
+    model, classes = load_trained(params, device, model_path or MODEL)
 
     @torch.inference_mode()
     def detect(image):
