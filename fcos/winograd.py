@@ -168,13 +168,15 @@ class WinogradConv2d(nn.Conv2d):
             CHOICES.put(key, winograd)
         return winograd
 
-    def forward(self, x: Tensor) -> Tensor:
+    def runs_winograd(self, x: Tensor) -> bool:
+        """Whether forward(x) computes Winograd (with `autotune`, timing x's shape if it is new)."""
         h, w = x.shape[-2:]
-        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-                or self.weight.dtype != torch.float32 or h * w < self.min_pixels or torch.is_autocast_enabled("cpu")
-                or (self.autotune and not self._winograd_wins(x))):
-            return super().forward(x)
-        return self._winograd(x)
+        return not (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
+                    or self.weight.dtype != torch.float32 or h * w < self.min_pixels
+                    or torch.is_autocast_enabled("cpu")) and (not self.autotune or self._winograd_wins(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._winograd(x) if self.runs_winograd(x) else super().forward(x)
 
     def _winograd(self, x: Tensor) -> Tensor:
         """F(4x4, 3x3) of a float32 CPU input [B, C, H, W], in chunks of at most TILE_BUDGET tiles."""

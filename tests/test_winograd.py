@@ -132,6 +132,7 @@ def test_autotune_times_each_shape_once_and_follows_the_recorded_choice(choices)
         (key, choice), = cache.choices.items()
         assert key == f"b1 c64 o64 h20 w24 t{torch.get_num_threads()} nhwc"
         assert torch.equal(first, conv(x)) is not choice   # the first call already runs the chosen path
+        assert wino.runs_winograd(x) is choice and not wino.runs_winograd(x.double())
         assert torch.equal(wino(x), first) and len(timed) == 1
         cache.choices[key] = not choice                     # the recorded decision is what runs, not a new timing
         assert torch.equal(wino(x), conv(x)) is choice and len(timed) == 1
