@@ -69,7 +69,7 @@ def cache_path() -> Path:
 def _read(path: Path) -> dict[str, bool]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):   # missing, unreadable or corrupt: as if empty
         return {}
     return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
 

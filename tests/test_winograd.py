@@ -150,8 +150,9 @@ def test_decisions_are_read_back_merged_and_bad_files_ignored(tmp_path, monkeypa
     ShapeChoices(path).put("b", False)   # a second process writes meanwhile: merged, nothing lost
     other.put("c", True)
     assert json.loads(path.read_text()) == {"a": True, "b": False, "c": True}
-    path.write_text('{"a": tr')   # corrupt (a crash of some other writer): ignored, then replaced
-    assert ShapeChoices(path).get("a") is None
+    for corrupt in ('{"a": tr', "[" * 100_000, '["a"]', '{"a": "yes"}'):   # ignored, then replaced
+        path.write_text(corrupt)
+        assert ShapeChoices(path).get("a") is None
     ShapeChoices(path).put("a", False)
     assert ShapeChoices(path).get("a") is False
     blocked = ShapeChoices(path / "not-a-folder.json")   # unwritable: the decision stays in the process
