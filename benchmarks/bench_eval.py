@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import interleave, median
+from common import cpu_label, interleave, median
 
 from fcos.coco_eval import STAT_NAMES, _quiet, coco_evaluate, load_gt
 
@@ -59,13 +59,16 @@ def main():
     t = interleave({"ours_faster": run("faster"), "ours_pycocotools": run("pycocotools"),
                     "pycocotools_loadRes": plain_pycocotools}, args.rounds, warmup=0)
     worst = max(abs(results[a][s] - results["plain"][s]) for s in STAT_NAMES for a in ("faster", "pycocotools"))
-    print(f"{args.images} images, {len(dets)} detections, {len(gt['annotations'])} boxes; medians of {args.rounds}")
+    label = cpu_label()
+    print(f"{label} {args.images} images, {len(dets)} detections, {len(gt['annotations'])} boxes; medians of "
+          f"{args.rounds}")
     for name, times in t.items():
         print(f"  {name:20s} {median(times):7.2f} s")
     base = median(t["pycocotools_loadRes"])
-    print(f"  coco_evaluate (faster-coco-eval) vs pycocotools with loadRes: {base / median(t['ours_faster']):.1f}x")
+    print(f"  coco_evaluate (faster-coco-eval) vs pycocotools with loadRes: {base / median(t['ours_faster']):.1f}x  "
+          f"{label}")
     print(f"  coco_evaluate backends, faster-coco-eval vs pycocotools:    "
-          f"{median(t['ours_pycocotools']) / median(t['ours_faster']):.1f}x")
+          f"{median(t['ours_pycocotools']) / median(t['ours_faster']):.1f}x  {label}")
     print(f"  largest difference over the 12 stats: {worst:.2e} (AP50 {results['faster']['AP50']:.4f})")
 
 

@@ -1,24 +1,26 @@
 """fcos-exp's FCOS against torchvision's FCOS with the same backbone, FPN, heads and input size:
-training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s. fcos-exp is the
-eager model; fcos-exp-fused is `fcos.inference.for_inference` (BatchNorm folded, channels_last, wide 3x3
-convolutions as Winograd: what the evaluate/visualize/predict stages run), fcos-exp-fused-direct the same
-with `winograd=False`; --compile adds torch.compile. GFLOP/s count each model's direct-convolution FLOPs,
-so Winograd (fewer multiplications) can pass the matmul peak.
+training step and batch-1 inference, interleaved in one run; ratios and achieved GFLOP/s against the CPU's
+float32 peak (the best of several matmuls and oneDNN convolutions, `common.peak_gflops`). fcos-exp is the
+eager model; fcos-exp-fused is `fcos.inference.for_inference` (BatchNorm folded, channels_last, Winograd where
+timing on this machine picks it: what the evaluate/visualize/predict stages run); --winograd shows instead
+its three Winograd settings side by side (fcos-exp-fused-auto, -wino: always, -direct: never) and how many
+layers auto chose Winograd for; --compile adds torch.compile. GFLOP/s count each model's direct-convolution
+FLOPs, so for a model running Winograd (fewer multiplications) they are "effective" and can pass 100% of peak.
 
-    python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5] [--compile]
+    python benchmarks/bench_model.py [--size 320] [--batch 4] [--rounds 5] [--winograd] [--compile]
 """
 from __future__ import annotations
 
 import argparse
 
 import torch
-from common import flops, interleave, matmul_peak_gflops, median
+from common import cpu_label, flops, interleave, median, peak_gflops
 from torch import nn
 from torchvision.models.detection import FCOS as TVFCOS
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from fcos import FCOS
+from fcos import FCOS, winograd
 from fcos.inference import for_inference
 
 
@@ -54,15 +56,30 @@ def train_step(model, opt, images, targets, key):
     return step
 
 
+def winograd_layers(model, images) -> tuple[int, int]:
+    """(layers that ran Winograd on `images`, autotuned layers) of a for_inference(winograd="auto") copy."""
+    layers = [m for m in model.modules() if isinstance(m, winograd.WinogradConv2d) and m.autotune]
+    ran = set()
+    hooks = [m.register_forward_hook(lambda m, inputs, _: ran.add(m) if m.runs_winograd(inputs[0]) else None)
+             for m in layers]
+    with torch.inference_mode():
+        model(images)
+    for h in hooks:
+        h.remove()
+    return len(ran), len(layers)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--winograd", action="store_true", help="for_inference with winograd auto, True and False")
     ap.add_argument("--compile", action="store_true", help="also time for_inference(compile=True)")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    peak = matmul_peak_gflops()
+    label = cpu_label()
+    peak, peak_kernel = peak_gflops()
     ours, theirs = build(args.size)
     images, targets = batch(args.batch, args.size)
 
@@ -77,9 +94,10 @@ def main():
     for m in (ours, theirs):
         m.eval()
     one = images[:1]
-    fast, fast_direct = for_inference(ours), for_inference(ours, winograd=False)
-    infer = {"fcos-exp": lambda: ours(one), "fcos-exp-fused-direct": lambda: fast_direct(one),
-             "fcos-exp-fused": lambda: fast(one), "torchvision": lambda: theirs(one)}
+    settings = {"-auto": "auto", "-wino": True, "-direct": False} if args.winograd else {"": "auto"}
+    fused = {f"fcos-exp-fused{suffix}": for_inference(ours, winograd=w) for suffix, w in settings.items()}
+    infer = {"fcos-exp": lambda: ours(one), **{name: lambda m=m: m(one) for name, m in fused.items()},
+             "torchvision": lambda: theirs(one)}
     if args.compile:
         compiled = for_inference(ours, compile=True)
         with torch.inference_mode():
@@ -88,19 +106,30 @@ def main():
     with torch.inference_mode():
         direct_flops = flops(infer["fcos-exp"])   # the other fcos-exp variants run the same convolutions
         infer_flops = {name: direct_flops for name in infer} | {"torchvision": flops(infer["torchvision"])}
-        ti = interleave(infer, args.rounds * 2)
+        ti = interleave(infer, args.rounds * 2)   # the warm-up round makes auto's timing decisions
+    auto = fused["fcos-exp-fused-auto" if args.winograd else "fcos-exp-fused"]
+    ran, tuned = winograd_layers(auto, one)
+    wino = {name for name in fused if name.endswith("-wino") or (fused[name] is auto and ran)}
 
-    print(f"CPU threads {torch.get_num_threads()}, matmul peak {peak:.1f} GFLOP/s; input {args.size}px, "
-          f"train batch {args.batch}, {args.rounds} interleaved rounds (medians)")
+    print(f"{label} float32 peak {peak:.1f} GFLOP/s ({peak_kernel}); input {args.size}px, train batch {args.batch}, "
+          f"{args.rounds} interleaved rounds (medians)")
+    print(f"winograd auto: {ran} of {tuned} autotuned layers ran Winograd at batch 1 "
+          f"(decisions cached in {winograd.CHOICES.path})")
     rows = (("train step", t, train_flops, args.batch), ("inference (batch 1)", ti, infer_flops, 1))
     for title, times, fl, n in rows:
         print(f"\n{title}")
         for name in times:
             m = median(times[name])
-            print(f"  {name:17s} {m * 1000:8.1f} ms  {n / m:6.2f} img/s  {fl[name] / m / 1e9:6.1f} GFLOP/s "
-                  f"({fl[name] / m / 1e9 / peak:.0%} of peak)")
+            gflops = fl[name] / m / 1e9
+            kind = ", effective" if name in wino else ""
+            print(f"  {name:21s} {m * 1000:8.1f} ms  {n / m:6.2f} img/s  {gflops:6.1f} GFLOP/s "
+                  f"({gflops / peak:.0%} of peak{kind})")
         for name in (n for n in times if n != "torchvision"):
-            print(f"  speed ratio {name} / torchvision: {median(times['torchvision']) / median(times[name]):.2f}x")
+            print(f"  speed ratio {name} / torchvision: {median(times['torchvision']) / median(times[name]):.2f}x  "
+                  f"{label}")
+    if wino:
+        print("\neffective: direct-convolution FLOPs / time; Winograd does fewer multiplications, so it can exceed "
+              "100% of peak")
 
 
 if __name__ == "__main__":

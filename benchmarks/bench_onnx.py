@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_name, interleave, median
+from common import cpu_label, interleave, median
 from PIL import Image
 
 from fcos import FCOS
@@ -57,12 +57,13 @@ def main():
     same = [p for p in pairs if p is not None]
     times = interleave({"pytorch": pytorch, "onnxruntime": onnxruntime}, args.rounds)
     t_pt, t_ort = (median(times[k]) / len(images) for k in ("pytorch", "onnxruntime"))
-    print(f"CPU: {cpu_name()}; onnxruntime intra-op threads: {args.threads or 'default (one per core)'}")
+    label = cpu_label()
+    print(f"{label} onnxruntime intra-op threads: {args.threads or 'default (one per core)'}")
     print(f"model: {'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'random resnet18 FCOS'}, "
           f"min_size {model.config.min_sizes[-1]}, {len(images)} images 500x375, {args.rounds} rounds")
     print(f"pytorch (for_inference) {1000 * t_pt:7.1f} ms/image")
     print(f"onnxruntime             {1000 * t_ort:7.1f} ms/image")
-    print(f"speed-up of onnxruntime over pytorch: {t_pt / t_ort:.2f}x")
+    print(f"speed-up of onnxruntime over pytorch: {t_pt / t_ort:.2f}x  {label}")
     detections = sum(len(a["labels"]) for a in pytorch())
     print(f"same detections on {len(same)}/{len(images)} images ({detections} detections), there: max box "
           f"difference {max((p[0] for p in same), default=0):.2g} px, max score difference "

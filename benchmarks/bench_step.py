@@ -10,6 +10,7 @@ import tempfile
 import time
 
 import torch
+from common import cpu_label
 from torch.profiler import ProfilerActivity, profile
 
 from fcos import FCOS
@@ -49,8 +50,8 @@ def main():
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     conv = sum(e.self_cpu_time_total for e in events if e.key in CONV_OPS or "conv" in e.key.lower())
-    print(f"{args.steps} steps of batch {args.batch} at {args.size}px (FPN {args.fpn}, {args.convs} convs/tower): "
-          f"{wall / args.steps * 1000:.0f} ms/step")
+    print(f"{cpu_label()} {args.steps} steps of batch {args.batch} at {args.size}px (FPN {args.fpn}, {args.convs} "
+          f"convs/tower): {wall / args.steps * 1000:.0f} ms/step")
     print(f"  convolutions (fwd+bwd): {conv / total:.1%} of profiled CPU time; everything else {1 - conv / total:.1%}")
     print("  top non-convolution ops:")
     others = sorted((e for e in events if not (e.key in CONV_OPS or "conv" in e.key.lower())),

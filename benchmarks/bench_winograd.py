@@ -1,7 +1,7 @@
 """Winograd F(4x4, 3x3) (fcos.winograd) against PyTorch's direct convolution (oneDNN), per channel count and
 map size, interleaved: batch-1 inference (channels_last, as fcos.inference.for_inference runs it) and a batch-4
 training step (forward + backward); ratios, and the inference error against a float64 reference. The
-crossover sets `use_winograd(min_channels, min_pixels)`.
+crossover differs from CPU to CPU, which is why `for_inference(winograd="auto")` times each shape where it runs.
 
     python benchmarks/bench_winograd.py [--rounds 5]
 """
@@ -11,7 +11,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from common import interleave, median
+from common import cpu_label, interleave, median
 from torch import nn
 
 from fcos.winograd import WinogradConv2d
@@ -31,8 +31,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"CPU threads {torch.get_num_threads()}; float32; medians of {args.rounds} interleaved rounds; "
-          "ratio = direct time / Winograd time")
+    label = cpu_label()
+    print(f"{label} float32; medians of {args.rounds} interleaved rounds; ratio = direct time / Winograd time")
     print(f"{'C':>4} {'H x W':>9} | {'infer b1 ms':>11} {'wino':>7} {'ratio':>5} {'err dir':>8} {'err wino':>8} "
           f"| {'train b4 ms':>11} {'wino':>7} {'ratio':>5}")
     for c, (h, w) in SHAPES:
@@ -51,7 +51,7 @@ def main():
             t_inf = interleave({"conv": lambda c=conv, x=one: c(x), "wino": lambda w=wino, x=one: w(x)}, args.rounds)
         (ic, iw), (tc, tw) = ((median(t["conv"]), median(t["wino"])) for t in (t_inf, t_train))
         print(f"{c:4d} {h:4d} x {w:<4d}| {ic * 1000:11.2f} {iw * 1000:7.2f} {ic / iw:5.2f} {err[0]:8.1e} {err[1]:8.1e} "
-              f"| {tc * 1000:11.1f} {tw * 1000:7.1f} {tc / tw:5.2f}")
+              f"| {tc * 1000:11.1f} {tw * 1000:7.1f} {tc / tw:5.2f}  {label}")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,59 @@
-"""Helpers for the benchmarks: interleaved timing (the host's speed drifts up to 2x) and the CPU's peak."""
+"""Helpers for the benchmarks: interleaved timing (the host's speed drifts up to 2x), the CPU's label and its
+float32 peak."""
 from __future__ import annotations
 
+import re
 import statistics
 import time
 
 import torch
+import torch.nn.functional as F
+
+from fcos.winograd import cpu_info
+
+ISA_FLAGS = {"avx2": "avx2", "avx512f": "avx512f", "avx512_bf16": "avx512_bf16", "avx512_fp16": "avx512_fp16",
+             "amx_bf16": "amx"}   # /proc/cpuinfo flag -> label (amx_bf16 comes with amx_tile)
 
 
-def matmul_peak_gflops(seconds: float = 2.0) -> float:
-    """Achieved float32 GFLOP/s of a large matmul on this machine: the ceiling to compare against."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        n += 1
-    return 2 * 2048 ** 3 * n / (time.perf_counter() - start) / 1e9
+def cpu_label() -> str:
+    """`[CPU model; the ISA flags that matter here; torch threads]`, for headers and beside every ratio."""
+    name, flags = cpu_info()
+    name = " ".join(re.sub(r"\((R|TM)\)|\b(CPU|Processor)\b", " ", name, flags=re.I).split())
+    isa = " ".join(label for flag, label in ISA_FLAGS.items() if flag in flags) or "no AVX2"
+    return f"[{name}; {isa}; {torch.get_num_threads()} threads]"
+
+
+def _kernels() -> dict:
+    """float32 kernels a CPU runs near its peak: (FLOPs, fn) by name; matmuls (MKL or oneDNN) and large
+    convolutions (oneDNN), NCHW and channels_last."""
+    out = {}
+    for n in (1024, 2048, 3072):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out[f"mm {n}"] = (2 * n ** 3, lambda a=a, b=b: torch.mm(a, b))
+    for k, c in ((1, 512), (3, 256)):
+        w = torch.randn(c, c, k, k)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(1, c, 64, 64).contiguous(memory_format=layout)
+            wl = w.contiguous(memory_format=layout)
+            name = f"conv{k}x{k} {c}ch 64x64 {'nhwc' if layout == torch.channels_last else 'nchw'}"
+            out[name] = (2 * c * c * k * k * 64 * 64, lambda x=x, w=wl, p=k // 2: F.conv2d(x, w, padding=p))
+    return out
+
+
+@torch.inference_mode()
+def peak_gflops(repeats: int = 3) -> tuple[float, str]:
+    """The best float32 GFLOP/s of `_kernels` on this machine (each: a warm-up call, then the fastest of
+    `repeats`) and the kernel that gave it: the ceiling to compare a model against."""
+    best = (0.0, "")
+    for name, (n_flops, fn) in _kernels().items():
+        fn()
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+        best = max(best, (n_flops / min(seconds) / 1e9, name))
+    return best
 
 
 def flops(fn) -> float:
@@ -43,15 +81,3 @@ def interleave(candidates: dict, rounds: int, warmup: int = 1) -> dict[str, list
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
-
-
-def cpu_name() -> str:
-    """The CPU model (lscpu's "Model name", else platform.processor()) and the cores torch uses."""
-    import platform
-    import subprocess
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
-    except (OSError, subprocess.SubprocessError):
-        name = ""
-    return f"{name or platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"

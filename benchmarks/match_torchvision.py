@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from common import cpu_label
 from torchvision.models.detection import FCOS as TVFCOS
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
@@ -79,7 +80,7 @@ def main():
         losses.append({b: [float(ref[a]), float(out[b])] for a, b in (("classification", "cls_loss"),
                        ("bbox_regression", "reg_loss"), ("bbox_ctrness", "ctr_loss"))})
     worst_loss = max(abs(o - r) / abs(r) for step in losses for r, o in step.values())
-    print(json.dumps({"device": str(device), "images": len(items), "torchvision_detections": total,
+    print(json.dumps({"device": str(device), "cpu": cpu_label(), "images": len(items), "torchvision_detections": total,
                       "matched": matched, "match_rate": matched / max(1, total),
                       "unmatched_empty_boxes": empty, "max_score_difference": worst,
                       "loss_steps": losses, "max_relative_loss_difference": worst_loss}, indent=1))

@@ -197,7 +197,7 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.67, 0.89)   # multistep: fractions of training
     gamma: float = 0.1
     clip_grad_norm: float = 10.0     # 0: no clipping
-    amp: str = "none"                # none | fp16 (CUDA) | bf16 (CUDA and CPU)
+    amp: str = "none"                # none | auto (bf16 where native, else fp16 on CUDA, else none) | fp16 | bf16
     channels_last: bool = False
     sync_bn: bool = False            # DDP: BatchNorm statistics synchronised across ranks (SyncBatchNorm)
     nonfinite: str = "stop"          # stop | skip: what a NaN/inf loss does
@@ -213,7 +213,7 @@ class TrainConfig:
         "scheduler": choice("cosine", "multistep"), "warmup_epochs": number(0, 100000),
         "milestones": lambda v: of_type(list)(list(v) if isinstance(v, tuple) else v)
         or next((f"item {i}: {m}" for i, x in enumerate(v) if (m := number(0, 1)(x))), None),
-        "gamma": number(0, 1, lo_open=True), "clip_grad_norm": number(0), "amp": choice("none", "fp16", "bf16"),
+        "gamma": number(0, 1, lo_open=True), "clip_grad_norm": number(0), "amp": choice("none", "auto", "fp16", "bf16"),
         "channels_last": of_type(bool), "sync_bn": of_type(bool), "nonfinite": choice("stop", "skip"),
         "seed": number(0, 2**32 - 1, integer=True), "eval_every": number(0, integer=True),
         "eval_backend": choice("faster", "pycocotools"), "sync_every": number(0, 100000, integer=True),

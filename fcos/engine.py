@@ -53,7 +53,9 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _autocast(device: torch.device, amp: str):
-    """fp16 or bf16 on CUDA; bf16 on CPU too (about 2x faster on CPUs with AVX512-BF16 or AMX)."""
+    """fp16 or bf16 on CUDA; bf16 on CPU too (about 2x faster on CPUs with AVX512-BF16 or AMX); "auto" as
+    `resolve_amp` reads it."""
+    amp = resolve_amp(amp, device)
     if amp == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
         warnings.warn("amp bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX) is emulated and about 10x "
                       "slower than float32: set train.amp to none", stacklevel=2)
@@ -67,6 +69,18 @@ def _cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):   # a private oneDNN query: assume support if it is gone
         return True
+
+
+@functools.cache
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """`amp` as it runs on `device`: "auto" is bf16 where the device computes it natively (a CUDA GPU with
+    bf16, a CPU with AVX512-BF16 or AMX), fp16 on other CUDA GPUs (with the GradScaler), else none; any other
+    value as given."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "none"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -197,8 +211,10 @@ def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "n
 def evaluate(model: nn.Module, loader, coco_gt, cat_ids: list[int], device: torch.device | str = "cpu",
              backend: str = "faster", amp: str = "none", progress=None) -> dict:
     """COCO metrics of `model` on `loader` (the 12 stats, per-class AP/AP50) with timings kept apart:
-    inference_seconds (whole loop), model_seconds, data_seconds, metric_seconds, ms_per_image."""
+    inference_seconds (whole loop), model_seconds, data_seconds, metric_seconds, ms_per_image; "amp" as it ran
+    (`resolve_amp`)."""
     device = resolve_device(device)
+    amp = resolve_amp(amp, device)
     dets, timing = predict_loader(model, loader, device, amp, progress)
     if dist.is_distributed():   # every rank saw its own shard (build_loader(shard=True)): gather them all
         gathered = [None] * dist.world_size()
@@ -212,7 +228,7 @@ def evaluate(model: nn.Module, loader, coco_gt, cat_ids: list[int], device: torc
     metric_seconds = time.perf_counter() - t
     n = max(1, timing["num_images"])
     return {**metrics, **timing, "metric_seconds": metric_seconds, "ms_per_image": 1000 * timing["model_seconds"] / n,
-            "detections": dets}
+            "amp": amp, "detections": dets}
 
 
 def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: str | Path,
@@ -221,8 +237,10 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     """Train for cfg.epochs on `device` ("auto": CUDA when there is a GPU), checkpointing every epoch (atomic)
     and resuming exactly from the last one, on this device or another.
 
-    Returns {"epochs", "steps", "train_seconds", "history": [per-epoch summaries], "stopped_early"}."""
+    Returns {"epochs", "steps", "train_seconds", "history": [per-epoch summaries], "stopped_early", "amp"
+    (cfg.amp resolved: none, fp16 or bf16)}."""
     device = resolve_device(device)
+    amp = resolve_amp(cfg.amp, device)
     main = dist.is_main_process()
     cbs = CallbackList([*callbacks, *pause_from_env()] if main else [])
     model.to(device)
@@ -238,7 +256,7 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.epochs * steps, round(cfg.warmup_epochs * steps), cfg.scheduler,
                                 cfg.milestones, cfg.gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
     state = TrainState(epochs=cfg.epochs, steps_per_epoch=steps)
     history: list[dict] = []
     checkpoint_path = Path(checkpoint_path)
@@ -267,7 +285,7 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
             summary["epoch"] = epoch + 1
             metrics = None
             if cfg.eval_every and val_loader is not None and (epoch + 1) % cfg.eval_every == 0:
-                metrics = evaluate(model, val_loader, val_gt, val_cat_ids, device, cfg.eval_backend, cfg.amp)
+                metrics = evaluate(model, val_loader, val_gt, val_cat_ids, device, cfg.eval_backend, amp)
                 summary.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)})
             history.append(summary)
             if main:
@@ -289,4 +307,4 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     finally:
         cbs.on_train_end(state, error)
     return {"epochs": len(history), "steps": state.global_step, "history": history, "stopped_early": stopped,
-            "train_seconds": time.perf_counter() - start}
+            "train_seconds": time.perf_counter() - start, "amp": amp}

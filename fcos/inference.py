@@ -52,16 +52,22 @@ def fold_batchnorm(module: nn.Module) -> int:
 
 @torch.no_grad()
 def for_inference(model: nn.Module, channels_last: bool = True, compile: bool = False,
-                  winograd: bool = True) -> nn.Module:
+                  winograd: bool | str = "auto") -> nn.Module:
     """An eval-mode copy of an FCOS model made for inference: backbone BatchNorm folded into its
-    convolutions, by default weights in channels_last and, for a model on the CPU, wide 3x3 convolutions as
+    convolutions, by default weights in channels_last and, for a model on the CPU, 3x3 convolutions as
     Winograd (float32 only, see fcos/winograd.py; on CUDA cuDNN picks its own algorithm), and optionally
-    backbone and head compiled by torch.compile (inductor, weights frozen as constants). Detections equal the
-    original's up to float rounding. The copy has no BatchNorm parameters: train and checkpoint the original."""
+    backbone and head compiled by torch.compile (inductor, weights frozen as constants). `winograd`: "auto"
+    runs Winograd on each input shape where timing on its first call found it faster (convolutions with >= 64
+    channels; direct under `compile`, which cannot time), True on every eligible input (>= 256 channels),
+    False never. Detections equal the original's up to float rounding. The copy has no BatchNorm
+    parameters: train and checkpoint the original."""
+    if winograd not in ("auto", True, False):
+        raise ValueError(f"winograd must be 'auto', True or False, got {winograd!r}")
     fast = copy.deepcopy(model).eval()   # .eval() again: deepcopy of an fx GraphModule comes back in train mode
     fold_batchnorm(fast.backbone)
-    if winograd and next(fast.parameters()).device.type == "cpu":
-        use_winograd(fast)
+    auto = winograd == "auto"
+    if next(fast.parameters()).device.type == "cpu" and (winograd is True or (auto and not compile)):
+        use_winograd(fast, min_channels=64 if auto else 256, autotune=auto)
     if channels_last:
         fast.to(memory_format=torch.channels_last)
     if compile:

@@ -1,21 +1,40 @@
-"""Winograd F(4x4, 3x3) convolution for float32 inference on CPU (Lavin & Gray, 2015).
+"""Winograd F(4x4, 3x3) convolution for float32 inference on CPU (Lavin & Gray, 2015), chosen per shape by
+timing on this machine.
 
 Why our own: PyTorch's CPU convolution asks oneDNN for the direct algorithm (oneDNN's own Winograd exists
 only for AVX512 CPUs); NNPACK's Winograd is reachable only through a private torch op, which failed on this
 machine unless another convolution had run first. Here each 6x6 input tile is transformed by one small
 matmul, the convolution becomes 36 matmuls [tiles, C] x [C, O] (4x fewer multiplications than direct 3x3),
 and a second small matmul maps back to 4x4 output tiles. Outputs differ from direct convolution by float
-rounding (~1e-5 of the output scale against ~2e-6). On a 2-core AVX2 CPU at batch 1 a 256-channel layer runs
-1.4-1.5x faster from 20x28 to 80x112, 512 channels 1.7-2.3x; with fewer channels (the tile transforms cost a
-fixed share) or on small maps it loses, so those keep the direct convolution. Training (gradients on) keeps
-the direct convolution too: through autograd a batch-4 step gained 1.2x at 20x28-40x56 but lost up to 2x
-on small and large maps (benchmarks/bench_winograd.py).
+rounding (~1e-5 of the output scale against ~2e-6). Training (gradients on) keeps the direct convolution:
+through autograd a batch-4 step gained 1.2x at 20x28-40x56 but lost up to 2x on small and large maps
+(benchmarks/bench_winograd.py).
+
+Why timed: whether it wins depends on the CPU far more than on the layer. On a 2-core AVX2 CPU at batch 1 a
+256-channel layer ran 1.4-1.5x faster from 20x28 to 80x112, 512 channels 1.7-2.3x; on an AVX512+AMX Xeon
+the whole model ran 1.35x torchvision's speed with it against 1.11x without; on an AVX512 EPYC it made the
+model slower (0.86x against 0.99x). So `autotune` layers do what cudnn.benchmark does: on the first call
+with a new (batch, C, O, H, W, threads, layout), they time the direct convolution and Winograd on that input
+and take Winograd only when it is at least `MARGIN` faster (a near-tie keeps the direct convolution, the
+reference result). The decisions are shared by every layer of the process and kept in a JSON file per CPU
+model and torch version (`ShapeChoices`: under $FCOS_EXP_CACHE, else ~/.cache/fcos-exp), so that later
+processes on the machine (evaluate, visualize, predict, a second `dvc repro`) make the same choice and give
+the same detections; an unreadable file is ignored, an unwritable folder keeps the decisions in the process.
 """
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .files import atomic_write
 
 # F(4x4, 3x3): input transform B^T [6, 6], kernel transform G [6, 3], output transform A^T [4, 6].
 _BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -25,6 +44,64 @@ _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
 _AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
 _M, _A = 4, 6   # output tile, input tile
 TILE_BUDGET = 256   # tiles per chunk: big maps run ~1.3x faster in chunks that stay in cache
+MARGIN = 1.05       # autotune: Winograd only when direct time / Winograd time >= MARGIN
+REPEATS = 3         # autotune: timed calls of each, interleaved, after one warm-up call; the minimum counts
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """The CPU model name and its flags (from /proc/cpuinfo; elsewhere platform's processor name, no flags)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    field = lambda key: next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), "")
+    return field("model name") or platform.processor() or platform.machine(), field("flags").split()
+
+
+def cache_path() -> Path:
+    """The decisions file of this CPU model and torch version, under $FCOS_EXP_CACHE or ~/.cache/fcos-exp."""
+    name, flags = cpu_info()
+    digest = hashlib.sha256(f"{name}|{' '.join(flags)}|{torch.__version__}".encode()).hexdigest()[:16]
+    folder = os.environ.get("FCOS_EXP_CACHE") or Path.home() / ".cache" / "fcos-exp"
+    return Path(folder) / f"winograd-{digest}.json"
+
+
+def _read(path: Path) -> dict[str, bool]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):   # missing, unreadable or corrupt: as if empty
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
+
+
+class ShapeChoices:
+    """Winograd (True) or direct (False) per shape key, read from and written to a JSON file (`cache_path()`
+    at first use when `path` is None). Writes are atomic and merge what other processes wrote meanwhile."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else None
+        self.choices: dict[str, bool] | None = None
+
+    def _loaded(self) -> dict[str, bool]:
+        if self.choices is None:
+            self.path = self.path or cache_path()
+            self.choices = _read(self.path)
+        return self.choices
+
+    def get(self, key: str) -> bool | None:
+        return self._loaded().get(key)
+
+    def put(self, key: str, winograd: bool) -> None:
+        mine = {**self._loaded(), key: winograd}   # this process's decisions win: a layer never changes its mind
+        self.choices = {**_read(self.path), **mine}
+        try:
+            with atomic_write(self.path) as f:
+                json.dump(self.choices, f, indent=1, sort_keys=True)
+        except OSError:   # an unwritable folder: the decisions last as long as the process
+            pass
+
+
+CHOICES = ShapeChoices()   # shared by every autotuned layer of the process
 
 
 def _is_3x3_same(conv: nn.Conv2d) -> bool:
@@ -32,27 +109,41 @@ def _is_3x3_same(conv: nn.Conv2d) -> bool:
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
+def _min_times(fns, x: Tensor) -> list[float]:
+    """The shortest of REPEATS timed calls of each of `fns` on x, after a warm-up call each; interleaved, each
+    round in the other order."""
+    times = [float("inf")] * len(fns)
+    for r in range(REPEATS + 1):
+        for i in range(len(fns))[::1 if r % 2 else -1]:
+            start = time.perf_counter()
+            fns[i](x)
+            if r:
+                times[i] = min(times[i], time.perf_counter() - start)
+    return times
+
+
 class WinogradConv2d(nn.Conv2d):
     """An nn.Conv2d (3x3, stride 1, padding 1; same parameters and state_dict) that runs F(4x4, 3x3) for
     float32 CPU inputs of at least `min_pixels` (H * W) with gradients off and outside autocast, and the
     direct convolution otherwise (training; CUDA, where cuDNN picks its own algorithm; small maps; other
-    dtypes). The transformed kernel is kept until the weight changes."""
+    dtypes). With `autotune`, each input shape takes whichever of the two `CHOICES` holds for it, timed on
+    its first call. The transformed kernel is kept until the weight changes."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True, min_pixels: int = 256,
-                 device=None):
+                 autotune: bool = False, device=None):
         super().__init__(in_channels, out_channels, 3, padding=1, bias=bias, device=device)
-        self.min_pixels = min_pixels
+        self.min_pixels, self.autotune = min_pixels, autotune
         for name, m in (("g", _G), ("bt", _BT), ("at", _AT)):
             t = torch.tensor(m, dtype=torch.float32, device=self.weight.device)
             self.register_buffer(name, t if name == "g" else torch.kron(t, t), persistent=False)
         self._kernel_cache: tuple | None = None
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, min_pixels: int = 256) -> WinogradConv2d:
+    def from_conv(cls, conv: nn.Conv2d, min_pixels: int = 256, autotune: bool = False) -> WinogradConv2d:
         """A WinogradConv2d sharing `conv`'s weight and bias Parameters."""
         if not _is_3x3_same(conv):
             raise ValueError(f"WinogradConv2d needs a 3x3 stride-1 padding-1 convolution, got {conv}")
-        new = cls(conv.in_channels, conv.out_channels, conv.bias is not None, min_pixels, conv.weight.device)
+        new = cls(conv.in_channels, conv.out_channels, conv.bias is not None, min_pixels, autotune, conv.weight.device)
         new.weight, new.bias = conv.weight, conv.bias
         return new
 
@@ -65,11 +156,31 @@ class WinogradConv2d(nn.Conv2d):
             self._kernel_cache = (key, u.contiguous())
         return self._kernel_cache[1]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _winograd_wins(self, x: Tensor) -> bool:
+        """The decision for x's shape in CHOICES, timed on x (and recorded) the first time."""
         b, c, h, w = x.shape
-        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-                or self.weight.dtype != torch.float32 or h * w < self.min_pixels or torch.is_autocast_enabled("cpu")):
-            return super().forward(x)
+        layout = "nhwc" if x.is_contiguous(memory_format=torch.channels_last) else "nchw"
+        key = f"b{b} c{c} o{self.out_channels} h{h} w{w} t{torch.get_num_threads()} {layout}"
+        winograd = CHOICES.get(key)
+        if winograd is None:
+            direct, wino = _min_times((super().forward, self._winograd), x)
+            winograd = direct >= MARGIN * wino
+            CHOICES.put(key, winograd)
+        return winograd
+
+    def runs_winograd(self, x: Tensor) -> bool:
+        """Whether forward(x) computes Winograd (with `autotune`, timing x's shape if it is new)."""
+        h, w = x.shape[-2:]
+        return not (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
+                    or self.weight.dtype != torch.float32 or h * w < self.min_pixels
+                    or torch.is_autocast_enabled("cpu")) and (not self.autotune or self._winograd_wins(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._winograd(x) if self.runs_winograd(x) else super().forward(x)
+
+    def _winograd(self, x: Tensor) -> Tensor:
+        """F(4x4, 3x3) of a float32 CPU input [B, C, H, W], in chunks of at most TILE_BUDGET tiles."""
+        b, c, h, w = x.shape
         u = self._kernel()
         th, tw = -(-h // _M), -(-w // _M)   # 4x4 output tiles per column / row
         xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, tw * _M + 1 - w, 1, th * _M + 1 - h))   # [B, 4th+2, 4tw+2, C]
@@ -87,12 +198,14 @@ class WinogradConv2d(nn.Conv2d):
         return y.permute(0, 3, 1, 2)   # [B, O, H, W], channels_last strides
 
 
-def use_winograd(module: nn.Module, min_channels: int = 256, min_pixels: int = 256) -> int:
+def use_winograd(module: nn.Module, min_channels: int = 256, min_pixels: int = 256, autotune: bool = False) -> int:
     """Make every plain 3x3 stride-1 Conv2d of `module` with at least `min_channels` input and output
-    channels a WinogradConv2d sharing its Parameters, in place. Returns the number replaced."""
+    channels a WinogradConv2d sharing its Parameters, in place (`autotune`: each picks Winograd or direct per
+    input shape by timing). Returns the number replaced."""
     targets = [(name, m) for name, m in module.named_modules() if name and type(m) is nn.Conv2d
                and _is_3x3_same(m) and min(m.in_channels, m.out_channels) >= min_channels]
     for name, conv in targets:
         parent, _, leaf = name.rpartition(".")
-        setattr(module.get_submodule(parent) if parent else module, leaf, WinogradConv2d.from_conv(conv, min_pixels))
+        new = WinogradConv2d.from_conv(conv, min_pixels, autotune)
+        setattr(module.get_submodule(parent) if parent else module, leaf, new)
     return len(targets)

@@ -47,6 +47,10 @@ def _thresh(v) -> str | None:
     return None if v == "f1" or not number(0, 1)(v) else f"must be a number in [0, 1] or f1, got {v!r}"
 
 
+def _winograd(v) -> str | None:
+    return None if v == "auto" or isinstance(v, bool) else f"must be auto, true or false, got {v!r}"
+
+
 def _nonempty(v) -> str | None:
     return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
 
@@ -66,7 +70,7 @@ SCHEMA: dict[str, Any] = {
     "decode": {},     # FCOSConfig.check
     "train": {"batch_size": number(1, 4096, integer=True), "device": _device},   # + TrainConfig.check
     "eval": {"batch_size": number(1, 4096, integer=True), "backend": choice("faster", "pycocotools"),
-             "winograd": of_type(bool), "confusion_thresh": _thresh},
+             "winograd": _winograd, "confusion_thresh": _thresh},
     "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": _thresh},
     "tracking": {"enabled": of_type(bool), "experiment": _nonempty, "log_every": number(1, 100000, integer=True)},
     "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),

@@ -31,6 +31,13 @@ def voc_mini() -> Path:
     return VOC_MINI
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _winograd_cache(tmp_path_factory):
+    """Winograd timing decisions (fcos.winograd.cache_path) go to a session folder, never the user's home;
+    processes the tests start inherit it."""
+    os.environ["FCOS_EXP_CACHE"] = str(tmp_path_factory.mktemp("fcos-exp-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     import torch

@@ -16,7 +16,7 @@ from fcos import FCOS
 from fcos.callbacks import Callback
 from fcos.checkpoint import load_checkpoint, load_model
 from fcos.data import VOCDataset, build_loader, collate, generate_shapes, write_coco_gt
-from fcos.engine import TrainConfig, evaluate, fit
+from fcos.engine import TrainConfig, evaluate, fit, resolve_amp
 from fcos.inference import for_inference
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
@@ -65,6 +65,17 @@ def test_mixed_precision_training_learns_a_small_batch(shapes, tmp_path, amp, ch
         assert scaler is None
     conv = model.backbone.body.conv1.weight
     assert conv.is_cuda and conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_amp_auto_is_bf16_where_the_gpu_runs_it_else_fp16_with_the_scaler(shapes, tmp_path):
+    ds = VOCDataset(shapes, "trainval", train=True)
+    cfg = TrainConfig(epochs=1, lr=0.01, amp="auto")
+    result = fit(small_model(), build_loader(ds, 4), cfg, checkpoint_path=tmp_path / "ck.pt", classes=ds.classes,
+                 device="cuda")
+    wanted = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    assert result["amp"] == wanted == resolve_amp("auto", torch.device("cuda"))
+    assert (load_checkpoint(tmp_path / "ck.pt")["scaler"] is not None) == (wanted == "fp16")
+    assert all(math.isfinite(h["final_loss"]) for h in result["history"])
 
 
 class SyncChecked:

@@ -84,7 +84,7 @@ def test_evaluate_reports_metrics_and_timings_apart(voc_sample, tmp_path):
     torch.manual_seed(0)
     model = FCOS(num_classes=20, fpn_channels=16, head_convs=1, gn_groups=8, min_size=96, max_size=128)
     m = evaluate(model, build_loader(ds, 3), gt, ds.cat_ids)
-    assert m["num_images"] == n and set(STAT_NAMES) <= set(m)
+    assert m["num_images"] == n and set(STAT_NAMES) <= set(m) and m["amp"] == "none"
     assert m["inference_seconds"] >= m["model_seconds"] > 0 and m["metric_seconds"] > 0
     assert m["ms_per_image"] == pytest.approx(1000 * m["model_seconds"] / n)
     dets = m["detections"]

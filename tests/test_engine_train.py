@@ -9,7 +9,7 @@ from fcos import FCOS
 from fcos.callbacks import Callback, StopTraining
 from fcos.checkpoint import load_checkpoint, load_model, save_checkpoint
 from fcos.data import VOCDataset, build_loader, generate_shapes
-from fcos.engine import TrainConfig, fit
+from fcos.engine import TrainConfig, _cpu_has_bf16, fit, resolve_amp
 from fcos.optim import build_optimizer, lr_factor
 
 
@@ -22,12 +22,13 @@ def tiny_model():
     return FCOS(num_classes=6, fpn_channels=16, head_convs=1, min_size=(64, 80), max_size=120, gn_groups=8)
 
 
-def run(shapes, path, epochs=3, callbacks=(), resume=False, seed=0, sync_every=0):
+def run(shapes, path, epochs=3, callbacks=(), resume=False, seed=0, sync_every=0, amp="none"):
     torch.manual_seed(123)   # model init, independent of the training seed
     model = tiny_model()
     ds = VOCDataset(shapes, "trainval", train=True)
     loader = build_loader(ds, 4, shuffle=True, seed=seed)
-    cfg = TrainConfig(epochs=epochs, optimizer="sgd", lr=0.01, warmup_epochs=1, seed=seed, sync_every=sync_every)
+    cfg = TrainConfig(epochs=epochs, optimizer="sgd", lr=0.01, warmup_epochs=1, seed=seed, sync_every=sync_every,
+                      amp=amp)
     result = fit(model, loader, cfg, checkpoint_path=path, classes=ds.classes, callbacks=callbacks, resume=resume)
     return model, result
 
@@ -82,6 +83,18 @@ def test_losses_read_in_batches_reach_the_callbacks_unchanged(shapes, tmp_path):
     assert len(every_step.rows) == result["steps"] == 4 and every_step.rows == batched.rows
     assert [r[2] for r in batched.rows] == [1, 2, 3, 4] and all(math.isfinite(r[4]["final_loss"]) for r in batched.rows)
     assert same_weights(a, b)
+
+
+def test_amp_auto_trains_in_what_this_cpu_runs_natively_and_says_which(shapes, tmp_path):
+    auto, plain = Steps(), Steps()
+    _, result = run(shapes, tmp_path / "auto.pt", epochs=1, callbacks=[auto], amp="auto")
+    _, reference = run(shapes, tmp_path / "none.pt", epochs=1, callbacks=[plain])
+    wanted = "bf16" if _cpu_has_bf16() else "none"   # AVX512-BF16 or AMX: bf16; else float32
+    assert result["amp"] == wanted == resolve_amp("auto", torch.device("cpu")) and reference["amp"] == "none"
+    assert len(auto.rows) == 2 and all(math.isfinite(r[4]["final_loss"]) for r in auto.rows)
+    same = [r[4] for r in auto.rows] == [r[4] for r in plain.rows]
+    assert same == (wanted == "none")   # bf16 autocast really ran: other losses than float32's
+    assert resolve_amp("fp16", torch.device("cpu")) == "fp16" and TrainConfig.check({"amp": "fp8"})
 
 
 def test_killed_checkpoint_write_keeps_the_last_good_one(tmp_path):

@@ -312,6 +312,8 @@ PARAM_CASES = [
     ("bool-for-int", lambda p: p["train"].update(epochs=True), "train.epochs: must be an integer"),
     ("bad-choice", lambda p: p["train"].update(optimizer="adam"), "train.optimizer: must be one of sgd, adamw"),
     ("gn-groups", lambda p: p["model"].update(gn_groups=5), "model.gn_groups: must divide"),
+    ("bad-amp", lambda p: p["train"].update(amp="fp8"), "train.amp: must be one of none, auto, fp16, bf16"),
+    ("bad-winograd", lambda p: p["eval"].update(winograd="yes"), "eval.winograd: must be auto, true or false"),
     ("missing-voc-folder", lambda p: p["data"].update(format="voc", root="nowhere"), "nowhere: not a VOC folder"),
 ]
 

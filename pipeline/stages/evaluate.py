@@ -76,8 +76,8 @@ def run(params: dict, console) -> dict:
         tracker.log_table({"metric": STATS, "value": [m[k] for k in STATS]}, "eval/map_table.json")
         tracker.log_artifact(EVAL_METRICS, "metrics")
     Console().print(map_table(result))   # data on stdout, logs on stderr
-    console.print(f"{m['num_images']} images: {m['inference_seconds']:.1f} s inference "
-                  f"({m['ms_per_image']:.1f} ms/image for the model), {m['metric_seconds']:.2f} s COCO eval")
+    console.print(f"{m['num_images']} images: {m['inference_seconds']:.1f} s inference ({m['ms_per_image']:.1f} "
+                  f"ms/image for the model, amp {m['amp']}), {m['metric_seconds']:.2f} s COCO eval")
     console.print(f"F1 {pr['F1']:.3f} at score >= {pr['f1_thresh'] or 0:.2f} (per class in {PR_METRICS}); "
                   f"PR curves and confusion matrix in {EVAL_PLOTS}/")
     return result

@@ -87,6 +87,9 @@ def run(params: dict, console, resume: bool = False) -> dict:
                        "images_per_second": sum(h["images_per_second"] for h in history) / max(1, len(history)),
                        "num_images": result["num_images"], "stopped_early": result["stopped_early"]}
             if main:
+                if t["amp"] == "auto":
+                    console.print(f"train.amp auto: trained with {result['amp']}")
+                tracker.set_tags({"amp": result["amp"]})   # as it ran (train.amp auto resolved)
                 write_json(TRAIN_METRICS, summary)
                 tracker.log_metrics({f"train_summary/{k}": v for k, v in summary.items() if k != "stopped_early"})
                 tracker.log_model(MODEL, "fcos", {**flatten({"model": params["model"]}),
