@@ -4,9 +4,9 @@ Six classes, each with its own hue (jittered, random saturation and brightness) 
 object classes have typical colours, so that a CPU run learns the classes within minutes; `colours="random"`
 makes shape the only cue (a much harder task). Shapes stand upright within +-17 degrees; sizes from
 `min_radius` (a fraction of the image side) to all of the image, so that P3-P5 all receive positives at the
-native size; several objects per image with overlap
-(occlusion capped at half an object), objects cut by the border (`truncated` 1), gradient + noise +
-clutter backgrounds and some images with no object. PNG files and hand-written XML: the same seed gives
+native size; several objects per image with overlap (occlusion capped at half an object; shapes of one class
+never touch, which would make one silhouette of one colour), objects cut by the border (`truncated` 1),
+gradient + noise + clutter backgrounds and some images with no object. PNG files and hand-written XML: the same seed gives
 the same bytes on every machine.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 
@@ -91,7 +91,8 @@ def _colour(rng: np.random.Generator, kind: str, colours: str, under: np.ndarray
 
 
 def _image(rng: np.random.Generator, size: int, empty_prob: float, min_radius: float,
-           colours: str) -> tuple[np.ndarray, list]:
+           colours: str) -> tuple[np.ndarray, list, list[np.ndarray]]:
+    """An image [size, size, 3] uint8, its objects (class, visible box, truncated) and their full masks."""
     img = _background(rng, size)
     n = 0 if rng.random() < empty_prob else int(rng.integers(1, 7))
     owner = np.full((size, size), -1)            # which object each pixel shows
@@ -106,6 +107,9 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float, min_radius: f
         full_area = math.pi * r * r * 0.35       # lower bound of any shape's area at this radius
         if m.sum() < max(40, 0.5 * full_area):   # mostly outside the image
             continue
+        near = np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(5)))   # m grown by 2 px
+        if any(kinds[j] == kind and (near & masks[j]).any() for j in range(len(masks))):
+            continue   # two same-class shapes touching would read as one silhouette of one colour
         covered = [int((m & (owner == j)).sum()) for j in range(len(masks))]
         if any(c > 0.5 * masks[j].sum() for j, c in enumerate(covered)):   # would hide half an object
             continue
@@ -121,7 +125,7 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float, min_radius: f
         visible = owner == j
         ys, xs = np.nonzero(visible)
         objects.append((kind, [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1], t))
-    return img.clip(0, 255).astype(np.uint8), objects
+    return img.clip(0, 255).astype(np.uint8), objects, masks
 
 
 def generate_shapes(out_dir: str | Path, seed: int = 0, num_trainval: int = 480, num_test: int = 120,
@@ -140,7 +144,7 @@ def generate_shapes(out_dir: str | Path, seed: int = 0, num_trainval: int = 480,
     stems = [f"{i:06d}" for i in range(1, num_trainval + num_test + 1)]
     for i, stem in enumerate(stems):
         rng = np.random.Generator(np.random.PCG64([seed, i]))   # one stream per image
-        img, objects = _image(rng, image_size, empty_prob, min_radius, colours)
+        img, objects, _ = _image(rng, image_size, empty_prob, min_radius, colours)
         Image.fromarray(img).save(root / "JPEGImages" / f"{stem}.png", optimize=False, compress_level=6)
         (root / "Annotations" / f"{stem}.xml").write_text(_xml(stem, image_size, objects))
     (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(stems[:num_trainval]) + "\n")
