@@ -91,18 +91,25 @@ def test_unknown_colour_mode_is_refused(tmp_path):
         generate_shapes(tmp_path, num_trainval=1, num_test=1, colours="rainbow")
 
 
-def test_shapes_of_one_class_never_touch():
-    """Two touching shapes of one class would be one silhouette of one colour: an unlearnable pair of boxes."""
+def test_objects_stay_half_visible_and_shapes_of_one_class_never_touch():
+    """All the objects drawn over one hide at most MAX_HIDDEN of it; two touching shapes of one class would be
+    one silhouette of one colour: an unlearnable pair of boxes."""
     from PIL import Image, ImageFilter
 
-    from fcos.data.shapes import _image
-    pairs = 0
+    from fcos.data.shapes import MAX_HIDDEN, _image
+    pairs = hidden = 0
     for i in range(60):
         _, objects, masks = _image(np.random.Generator(np.random.PCG64([0, i])), 128, 0.0, 0.1, "class")
         for a in range(len(masks)):
+            above = np.zeros_like(masks[a])
+            for b in range(a + 1, len(masks)):
+                above |= masks[b]
+            shown = (masks[a] & ~above).sum() / masks[a].sum()
+            hidden += shown < 0.9
+            assert shown >= 1 - MAX_HIDDEN, (i, objects[a])
             grown = np.asarray(Image.fromarray(masks[a]).filter(ImageFilter.MaxFilter(3)))
             for b in range(a + 1, len(masks)):
                 if objects[a][0] == objects[b][0]:
                     pairs += 1
                     assert not (grown & masks[b]).any(), (i, objects[a], objects[b])
-    assert pairs >= 10   # same-class pairs do occur, apart
+    assert pairs >= 10 and hidden >= 10   # same-class pairs and occlusion do occur

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
+MAX_HIDDEN = 0.5   # the share of an object (inside the image) that the objects drawn over it may hide
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -110,8 +111,8 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float, min_radius: f
         near = np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(5)))   # m grown by 2 px
         if any(kinds[j] == kind and (near & masks[j]).any() for j in range(len(masks))):
             continue   # two same-class shapes touching would read as one silhouette of one colour
-        covered = [int((m & (owner == j)).sum()) for j in range(len(masks))]
-        if any(c > 0.5 * masks[j].sum() for j, c in enumerate(covered)):   # would hide half an object
+        left = [int((~m & (owner == j)).sum()) for j in range(len(masks))]   # what stays visible of each
+        if any(v < (1 - MAX_HIDDEN) * masks[j].sum() for j, v in enumerate(left)):   # all occluders together
             continue
         colour = _colour(rng, kind, colours, img[m].mean(0))
         img[m] = colour * rng.uniform(0.85, 1.0)
