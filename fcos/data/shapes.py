@@ -5,8 +5,9 @@ object classes have typical colours, so that a CPU run learns the classes within
 makes shape the only cue (a much harder task). Shapes stand upright within +-17 degrees; sizes from
 `min_radius` (a fraction of the image side) to all of the image, so that P3-P5 all receive positives at the
 native size; several objects per image with overlap (occlusion capped at half an object; shapes of one class
-never touch, which would make one silhouette of one colour), objects cut by the border (`truncated` 1),
-gradient + noise + clutter backgrounds and some images with no object. PNG files and hand-written XML: the same seed gives
+never touch, which would make one silhouette of one colour), objects cut by the border (`truncated` 1, at
+most half of the shape outside), class colours kept apart from the background under them, gradient + noise
++ clutter backgrounds and some images with no object. PNG files and hand-written XML: the same seed gives
 the same bytes on every machine.
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
-MAX_HIDDEN = 0.5   # the share of an object (inside the image) that the objects drawn over it may hide
+MAX_TRUNCATED = 0.5   # the share of a shape's area that may lie outside the image
+MAX_HIDDEN = 0.5      # the share of an object (inside the image) that the objects drawn over it may hide
+MIN_CONTRAST = 150    # summed |RGB difference| a class-coloured shape keeps from the mean colour under it
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -39,6 +42,14 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
         raise ValueError(kind)
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
+
+
+def _area(kind: str, r: float) -> float:
+    """The area of a shape of circumradius r (exact for the drawn outlines)."""
+    if kind in ("circle", "ring"):
+        return math.pi * r * r * (1 - 0.55 ** 2 if kind == "ring" else 1)
+    pts = _polygon(kind, 0.0, 0.0, r, 0.0)
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1]))) / 2   # shoelace
 
 
 def _mask(kind: str, size: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -86,8 +97,9 @@ def _colour(rng: np.random.Generator, kind: str, colours: str, under: np.ndarray
     hue = (SHAPES_CLASSES.index(kind) / len(SHAPES_CLASSES) + rng.uniform(-0.03, 0.03)) % 1.0
     sat, val = rng.uniform(0.75, 1.0), rng.uniform(0.6, 1.0)
     colour = np.array(colorsys.hsv_to_rgb(hue, sat, val)) * 255
-    if np.abs(under - colour).sum() < 120:   # too close to what is under it: same hue, other brightness
-        colour = np.array(colorsys.hsv_to_rgb(hue, sat, 0.35 if val > 0.8 else 1.0)) * 255
+    if np.abs(under - colour).sum() < MIN_CONTRAST:   # too close to what is under it: same hue, the brightness
+        darker, brighter = (np.array(colorsys.hsv_to_rgb(hue, sat, v)) * 255 for v in (0.3, 1.0))   # that differs most
+        colour = max((colour, darker, brighter), key=lambda c: np.abs(under - c).sum())
     return colour
 
 
@@ -105,8 +117,7 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float, min_radius: f
         r = math.exp(rng.uniform(math.log(size * min_radius), math.log(size * 0.55)))
         cx, cy = rng.uniform(-0.2 * r, size + 0.2 * r), rng.uniform(-0.2 * r, size + 0.2 * r)
         m = _mask(kind, size, cx, cy, r, rng.uniform(-0.3, 0.3))   # upright, as objects in photos mostly are
-        full_area = math.pi * r * r * 0.35       # lower bound of any shape's area at this radius
-        if m.sum() < max(40, 0.5 * full_area):   # mostly outside the image
+        if m.sum() < max(40, (1 - MAX_TRUNCATED) * _area(kind, r)):   # mostly outside the image
             continue
         near = np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(5)))   # m grown by 2 px
         if any(kinds[j] == kind and (near & masks[j]).any() for j in range(len(masks))):
