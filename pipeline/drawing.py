@@ -13,13 +13,17 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (0, 0, 128), (128, 128, 128)]
 
 
-def draw_boxes(image: Image.Image, boxes, labels, classes: list[str], scores=None) -> Image.Image:
-    """A copy of image with each box outlined in its class colour and labelled 'class score'."""
-    img = image.convert("RGB").copy()
+def draw_boxes(image: Image.Image, boxes, labels, classes: list[str], scores=None, min_side: int = 0) -> Image.Image:
+    """A copy of image with each box outlined in its class colour and labelled 'class score'; an image whose
+    short side is under `min_side` pixels is enlarged by a whole factor first, so that labels do not hide it."""
+    img = image.convert("RGB")
+    scale = max(1, -(-min_side // min(img.size)))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img.copy()
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     width = max(2, round(max(img.size) / 250))
-    for i, (box, label) in enumerate(zip(np.asarray(boxes).tolist(), np.asarray(labels).tolist())):
+    for i, (box, label) in enumerate(zip(boxes.tolist(), np.asarray(labels).tolist())):
         colour = PALETTE[int(label) % len(PALETTE)]
         d.rectangle(box, outline=colour, width=width)
         text = classes[int(label)] + ("" if scores is None else f" {float(scores[i]):.2f}")

@@ -11,6 +11,8 @@ from ..eval_analysis import class_thresholds
 from ..params import device_of
 from ..tracking import Tracker, tracking_uri
 
+MIN_SIDE = 256   # panels are drawn at least this large: the embedded 128-px images at 256
+
 
 def pick_images(records, n: int) -> list[int]:
     """Indices of test images: half with a single object, the rest with the most objects."""
@@ -54,9 +56,9 @@ def run(params: dict, console) -> dict:
         with torch.inference_mode():
             det = model([test_ds[i][0].to(device)])[0]
         keep = det["scores"] >= thresh[det["labels"]]
-        gt = draw_boxes(image, r.boxes, r.labels, classes)
+        gt = draw_boxes(image, r.boxes, r.labels, classes, min_side=MIN_SIDE)
         pred = draw_boxes(image, det["boxes"][keep].cpu(), det["labels"][keep].cpu(), classes,
-                          det["scores"][keep].cpu())
+                          det["scores"][keep].cpu(), min_side=MIN_SIDE)
         panel = side_by_side(gt, pred)
         panel.save(DETECTIONS / f"{r.file.stem}.png")
         panels.append(panel)
