@@ -113,3 +113,17 @@ def test_objects_stay_half_visible_and_shapes_of_one_class_never_touch():
                     pairs += 1
                     assert not (grown & masks[b]).any(), (i, objects[a], objects[b])
     assert pairs >= 10 and hidden >= 10   # same-class pairs and occlusion do occur
+
+
+def test_test_images_do_not_depend_on_the_training_size(tmp_path):
+    """More training images (data.shapes.num_trainval) leave the test split as it was: results stay comparable."""
+    a = generate_shapes(tmp_path / "a", seed=2, num_trainval=6, num_test=3, image_size=64)
+    b = generate_shapes(tmp_path / "b", seed=2, num_trainval=9, num_test=3, image_size=64)
+    test_a = (a / "ImageSets/Main/test.txt").read_text().split()
+    test_b = (b / "ImageSets/Main/test.txt").read_text().split()
+    for sa, sb in zip(test_a, test_b, strict=True):
+        assert (a / "JPEGImages" / f"{sa}.png").read_bytes() == (b / "JPEGImages" / f"{sb}.png").read_bytes()
+    def train_bytes(root, n):
+        return [(root / "JPEGImages" / f"{s}.png").read_bytes()
+                for s in (root / "ImageSets/Main/trainval.txt").read_text().split()[:n]]
+    assert train_bytes(a, 6) == train_bytes(b, 6)   # and the first training images are the same too

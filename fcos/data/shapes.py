@@ -155,7 +155,8 @@ def generate_shapes(out_dir: str | Path, seed: int = 0, num_trainval: int = 480,
         (root / sub).mkdir(parents=True, exist_ok=True)
     stems = [f"{i:06d}" for i in range(1, num_trainval + num_test + 1)]
     for i, stem in enumerate(stems):
-        rng = np.random.Generator(np.random.PCG64([seed, i]))   # one stream per image
+        split, j = (0, i) if i < num_trainval else (1, i - num_trainval)
+        rng = np.random.Generator(np.random.PCG64([seed, split, j]))   # per image: num_trainval leaves test alone
         img, objects, _ = _image(rng, image_size, empty_prob, min_radius, colours)
         Image.fromarray(img).save(root / "JPEGImages" / f"{stem}.png", optimize=False, compress_level=6)
         (root / "Annotations" / f"{stem}.xml").write_text(_xml(stem, image_size, objects))
