@@ -33,6 +33,10 @@ def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, 
         if len(val_ds) == 0:
             raise UserError(f"{PREPARED / 'val.json'}: no validation images, but validation is asked for "
                             "(train.eval_every or tuning): set data.val_fraction > 0 and run `fcos-exp prepare`")
+        if not any(len(r.boxes) for r in val_ds.records):
+            raise UserError(f"{PREPARED / 'val.json'}: none of the {len(val_ds)} validation images has a box, so "
+                            "validation AP is undefined: hold out more images (data.val_fraction) and run "
+                            "`fcos-exp prepare`")
         val_loader = build_loader(val_ds, params["eval"]["batch_size"], num_workers=d["num_workers"], shard=True)
     seed_everything(t["seed"])   # the initial weights too come from the seed
     model = FCOS(model_config(params, len(train_ds.classes)))

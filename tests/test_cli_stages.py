@@ -38,7 +38,8 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     assert (project / "plots/dataset/objects_per_class.csv").read_text().count("\n") == 7
     pr = json.loads((project / "metrics/pr.json").read_text())
     assert list(pr["per_class"]) == summary["classes"] and pr["iou"] == 0.5
-    assert len(pr["confusion"]["matrix"]) == 7 and sum(map(sum, pr["confusion"]["matrix"])) >= 17
+    matrix = pr["confusion"]["matrix"]   # each test box is counted once (found or missed), plus false positives
+    assert len(matrix) == 7 and sum(map(sum, matrix)) >= summary["boxes"]["test"] > 0
     assert (project / "plots/pr_curve.csv").read_text().count("\n") == 102
     for f in ("pr_curve.png", "f1_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png"):
         assert (project / "plots/eval" / f).stat().st_size > 5000

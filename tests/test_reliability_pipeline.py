@@ -80,6 +80,16 @@ def test_validation_without_a_validation_split_stops_before_training(project):
     assert not Path("models/model.pt").exists()
 
 
+def test_validation_split_without_boxes_stops_before_training(project):
+    """Validation images that all lack boxes make AP undefined (a tuning study would score every trial 0)."""
+    set_params(project, train={"eval_every": 1})
+    assert run_cli("prepare").exit_code == 0
+    val = json.loads(Path("data/prepared/val.json").read_text())
+    Path("data/prepared/val.json").write_text(json.dumps({**val, "annotations": []}))
+    one_error(run_cli("train"), "data/prepared/val.json: none of the 2 validation images has a box")
+    assert not Path("models/model.pt").exists()
+
+
 def test_empty_splits_are_refused_by_prepare(project):
     set_params(project, data={"val_fraction": 0.9})
     p = yaml.safe_load(Path("params.yaml").read_text())
