@@ -89,11 +89,14 @@ def test_interrupted_dvc_repro_finishes_when_run_again(tmp_path, tracking_uri):
     git_project(tmp_path, tiny_params(train={"epochs": 2}))   # 3 steps per epoch
     for sig, step in ((signal.SIGINT, 4), (signal.SIGKILL, 5)):
         env, release = pause_env(tmp_path, step)
+        # SIGINT as in a terminal: a test run started in the background (`pytest &`) inherits SIGINT ignored,
+        # and Python keeps it ignored, so Ctrl-C would never reach training
         p = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+                             stderr=subprocess.DEVNULL, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_paused(p, release)
         os.killpg(p.pid, sig)
-        p.wait(timeout=300)   # a hang guard: once it took over 60 s in a full suite run on a 2-core CPU
+        p.wait(timeout=60)
         assert p.returncode != 0 and not (tmp_path / "metrics/eval.json").exists()
         assert torch.load(tmp_path / "models/model.pt", weights_only=True)["epoch"] == 1
     r = subprocess.run(["dvc", "repro"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
