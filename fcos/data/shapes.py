@@ -119,9 +119,11 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float, min_radius: f
         m = _mask(kind, size, cx, cy, r, rng.uniform(-0.3, 0.3))   # upright, as objects in photos mostly are
         if m.sum() < max(40, (1 - MAX_TRUNCATED) * _area(kind, r)):   # mostly outside the image
             continue
-        near = np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(5)))   # m grown by 2 px
-        if any(kinds[j] == kind and (near & masks[j]).any() for j in range(len(masks))):
-            continue   # two same-class shapes touching would read as one silhouette of one colour
+        same = [masks[j] for j in range(len(masks)) if kinds[j] == kind]
+        if same:   # two same-class shapes touching would read as one silhouette of one colour
+            near = np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(5)))   # m grown by 2 px
+            if any((near & other).any() for other in same):
+                continue
         left = [int((~m & (owner == j)).sum()) for j in range(len(masks))]   # what stays visible of each
         if any(v < (1 - MAX_HIDDEN) * masks[j].sum() for j, v in enumerate(left)):   # all occluders together
             continue
