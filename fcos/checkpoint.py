@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .config import FCOSConfig
+from .errors import InputError
 from .files import atomic_write
 from .model import FCOS
 
@@ -42,12 +43,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for damaged or foreign files
-        raise ValueError(f"{path}: not a readable fcos-exp checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+        raise InputError(f"{path}: not a readable fcos-exp checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         tensors = isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
         what = "a plain state dict" if tensors else type(ckpt).__name__
-        raise ValueError(f"{path}: not an fcos-exp checkpoint ({what}, without {', '.join(missing)})")
+        raise InputError(f"{path}: not an fcos-exp checkpoint ({what}, without {', '.join(missing)})")
     return ckpt
 
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .errors import InputError
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
            "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
 DECODE_KEYS = ("score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")
@@ -168,7 +170,7 @@ class FCOSConfig:
         """Raise ValueError naming the first invalid field."""
         problems = self.check({f.name: getattr(self, f.name) for f in fields(self)})
         if problems:
-            raise ValueError(problems[0])
+            raise InputError(problems[0])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -179,7 +181,7 @@ class FCOSConfig:
         d = {k: v for k, v in d.items() if k not in _LEGACY_KEYS}
         problems = cls.check(d)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise InputError("; ".join(problems))
         return cls(**d)
 
 
@@ -224,7 +226,7 @@ class TrainConfig:
         self.milestones = tuple(self.milestones)
         problems = self.check({f.name: getattr(self, f.name) for f in fields(self)})
         if problems:
-            raise ValueError(problems[0])
+            raise InputError(problems[0])
 
     @classmethod
     def check(cls, values: dict) -> list[str]:

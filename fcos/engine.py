@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .callbacks import Callback, CallbackList, StopTraining, TrainState, pause_from_env
+from .callbacks import Callback, CallbackList, StopTraining, TrainState
 from .checkpoint import load_checkpoint, save_checkpoint
 from .coco_eval import coco_evaluate
 from .config import TrainConfig
@@ -52,7 +52,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _autocast(device: torch.device, amp: str) -> Callable[[], torch.autocast]:
+def autocast_for(device: torch.device, amp: str) -> Callable[[], torch.autocast]:
     """A maker of the autocast context of `amp` on `device`, built once per loop ("auto" resolved and the
     emulation warning given here, not every step): fp16 or bf16 on CUDA; bf16 on CPU too (about 2x faster on
     CPUs with AVX512-BF16 or AMX)."""
@@ -140,7 +140,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
     sums = None                      # float64 on the device: the same additions as Python floats
     n_images = skipped = 0
     data_seconds = 0.0
-    autocast = _autocast(device, cfg.amp)
+    autocast = autocast_for(device, cfg.amp)
     start = last = time.perf_counter()
     for step, (images, targets) in enumerate(loader):
         data_seconds += time.perf_counter() - last
@@ -185,7 +185,7 @@ def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "n
     labels still contiguous, plus timings (model alone vs the whole loop)."""
     model.eval()
     rows, model_seconds, n = [], 0.0, 0
-    autocast = _autocast(device, amp)
+    autocast = autocast_for(device, amp)
     start = time.perf_counter()
     for i, (images, targets) in enumerate(loader):
         images = _to_device(images, device)
@@ -246,7 +246,7 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     device = resolve_device(device)
     amp = resolve_amp(cfg.amp, device)
     main = dist.is_main_process()
-    cbs = CallbackList([*callbacks, *pause_from_env()] if main else [])
+    cbs = CallbackList(callbacks if main else [])
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

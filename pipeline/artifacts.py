@@ -1,22 +1,16 @@
-"""The files the stages share: where each lives, how it is written (atomically), and loading what an
-earlier stage wrote (the prepared datasets, the trained model). Stages import this, never each other."""
+"""What the stages share besides paths (pipeline/paths.py): how files are written (atomically), and loading
+what an earlier stage wrote (the prepared datasets, the trained model). Stages import this, never each other."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fcos.files import atomic_write
 
 from .errors import UserError
-
-PREPARED = Path("data/prepared")              # prepare: {train,val,test}.json, summary.json, shapes/
-MODEL = Path("models/model.pt")               # train: the checkpoint
-TRAIN_METRICS = Path("metrics/train.json")    # train
-STEPS_CSV = Path("plots/train_steps.csv")     # train: per-step losses and lr (dvc plots)
-EVAL_METRICS = Path("metrics/eval.json")      # evaluate
-PER_CLASS_CSV = Path("plots/per_class_ap.csv")   # evaluate (dvc plots)
-FIGURES = Path("plots/figures")               # visualize: curves, per-class AP
-DETECTIONS = Path("plots/detections")         # visualize: detection images and mosaic.png
+from .paths import MODEL, PREPARED
 
 
 def write_text(path: Path, text: str) -> None:
@@ -37,13 +31,36 @@ def load_dataset(split: str, **kwargs):
     return CocoDataset(path, **kwargs)
 
 
-def load_trained(params: dict, device, path: Path = MODEL):
-    """The trained model made for inference (fcos.inference.for_inference) with params' decode section and
-    eval.winograd applied, and its class names."""
+@dataclass
+class Trained:
+    """A trained model made for inference (fcos.inference.for_inference: params' decode section and
+    eval.winograd applied) on eval.device, run under eval.amp as resolved there (`amp`)."""
+
+    model: Any
+    classes: list[str]
+    device: Any
+    amp: str
+
+    def detect(self, images: list) -> list[dict]:
+        """Detections of images [3, H, W] (any device), as FCOS returns them, on self.device."""
+        import torch
+
+        from fcos.engine import autocast_for
+        with torch.inference_mode(), autocast_for(self.device, self.amp)():
+            return self.model([im.to(self.device) for im in images])
+
+
+def load_trained(params: dict, path: Path = MODEL, device=None) -> Trained:
+    """The checkpoint at `path` ready for inference, on `device` (default eval.device)."""
     from fcos.checkpoint import load_model
+    from fcos.engine import resolve_amp
     from fcos.inference import for_inference
+
+    from .params import device_of
     if not Path(path).is_file():
         raise UserError(f"{path}: not found; run `fcos-exp train` (or `dvc repro`) first")
+    device = device or device_of(params, "eval")
     model, classes = load_model(path, device)
     model.set_decoding(**params["decode"])
-    return for_inference(model, winograd=params["eval"]["winograd"]), classes
+    return Trained(for_inference(model, winograd=params["eval"]["winograd"]), classes, device,
+                   resolve_amp(params["eval"]["amp"], device))

@@ -11,11 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .paths import CONFUSION_CSV, EVAL_PLOTS, PR_CSV, PR_METRICS
 
-PR_METRICS = Path("metrics/pr.json")
-EVAL_PLOTS = Path("plots/eval")
-PR_CSV = Path("plots/pr_curve.csv")
-CONFUSION_CSV = Path("plots/confusion.csv")
 IOU = 0.5
 NO_F1_THRESH = 0.3   # `f1` while no class has a true positive (an untrained model): no F1 to optimise
 

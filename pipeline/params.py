@@ -4,7 +4,9 @@ validators; the rest by the schema below."""
 from __future__ import annotations
 
 import copy
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,8 @@ from fcos.coco_eval import STAT_NAMES
 from fcos.config import DECODE_KEYS, FCOSConfig, TrainConfig, choice, number, of_type
 
 from .errors import UserError
+from .paths import PARAMS
 
-DEFAULT_PARAMS = Path("params.yaml")
 MAX_BYTES = 1_000_000          # a params file is a few KB; this refuses YAML alias bombs before parsing
 MAX_NODES = 20_000             # ... and after parsing, counting every value reached through aliases
 MODEL_KEYS = ("backbone", "weights", "freeze_bn", "trainable_layers", "fpn_channels", "head_convs", "gn_groups",
@@ -70,7 +72,8 @@ SCHEMA: dict[str, Any] = {
     "decode": {},     # FCOSConfig.check
     "train": {"batch_size": number(1, 4096, integer=True), "device": _device},   # + TrainConfig.check
     "eval": {"batch_size": number(1, 4096, integer=True), "backend": choice("faster", "pycocotools"),
-             "winograd": _winograd, "confusion_thresh": _thresh},
+             "device": _device, "amp": choice("none", "auto", "fp16", "bf16"), "winograd": _winograd,
+             "confusion_thresh": _thresh},
     "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": _thresh},
     "tracking": {"enabled": of_type(bool), "experiment": _nonempty, "log_every": number(1, 100000, integer=True)},
     "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),
@@ -131,17 +134,47 @@ def _count_nodes(node: Any, budget: list[int]) -> None:
         _count_nodes(child, budget)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently, so
+    the first value would be ignored without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_text_file(path: Path, limit: int = MAX_BYTES) -> str:
+    """The text of a regular file of at most `limit` bytes: a FIFO, device or folder is refused without
+    blocking or reading without end (UserError naming the file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO opens at once instead of waiting for a writer
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{path}: is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{path}: not a regular file (a pipe, device or socket)")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise UserError(f"{path}: larger than {limit // 1000} KB: not a params file")
+    return data.decode("utf-8")
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        if path.is_file() and path.stat().st_size > MAX_BYTES:
-            raise UserError(f"{path}: larger than {MAX_BYTES // 1000} KB: not a params file")
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(read_text_file(path), Loader=_UniqueKeyLoader)
         _count_nodes(data, [MAX_NODES])
         return data
     except FileNotFoundError:
         raise UserError(f"{path}: params file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not a params file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     except UserError as e:
@@ -162,7 +195,7 @@ def merge(base: dict, overlay: dict) -> dict:
     return out
 
 
-def read_params(path: str | Path = DEFAULT_PARAMS, _seen: tuple = ()) -> dict:
+def read_params(path: str | Path = PARAMS, _seen: tuple = ()) -> dict:
     """The params of a file, unvalidated. A file with a top-level `base: OTHER.yaml` is an overlay: only
     the keys it sets differ from OTHER (a path relative to the working directory, like every path)."""
     path = Path(path)
@@ -179,7 +212,7 @@ def read_params(path: str | Path = DEFAULT_PARAMS, _seen: tuple = ()) -> dict:
     return merge(read_params(base, (*_seen, path.resolve())), data)
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+def load_params(path: str | Path = PARAMS) -> dict:
     """Read (overlays merged) and validate; UserError lists every problem, one per line, each prefixed with
     the file."""
     params = read_params(path)
@@ -214,20 +247,20 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def device_of(params: dict):
-    """train.device as a torch.device; a clear error for CUDA on a machine without it."""
+def device_of(params: dict, section: str = "train"):
+    """`<section>.device` (train: training; eval: evaluate, visualize and predict) as a torch.device; a
+    clear error for a device torch does not see."""
     import torch
-    d = params["train"]["device"]
+    d, key = params[section]["device"], f"{section}.device"
     if d == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if d.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device: {d} asked for, but torch sees no CUDA GPU here (use auto or cpu)")
+        raise UserError(f"{key}: {d} asked for, but torch sees no CUDA GPU here (use auto or cpu)")
     if d.startswith("cuda:") and int(d[5:]) >= torch.cuda.device_count():
-        raise UserError(f"train.device: {d} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+        raise UserError(f"{key}: {d} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
     if d == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UserError("train.device: mps asked for, but this torch has no MPS device")
+        raise UserError(f"{key}: mps asked for, but this torch has no MPS device")
     return torch.device(d)
-
 
 
 def set_values(path: str | Path, values: dict[str, Any]) -> None:
@@ -241,7 +274,8 @@ def set_values(path: str | Path, values: dict[str, Any]) -> None:
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 4096
-    doc = rt.load(path.read_text(encoding="utf-8"))
+    _read_yaml(path)   # the checks every params file gets (size, regular file, YAML, no key twice)
+    doc = rt.load(read_text_file(path))
     for key, value in values.items():
         node, *parents = doc, *key.split(".")[:-1]
         for part in parents:

@@ -18,6 +18,7 @@ from fcos.coco_eval import STAT_NAMES as STATS
 
 from ..errors import UserError
 from ..params import flatten
+from ..paths import REPORTS
 from ..provenance import dataset_hash, git_commit, project_root
 from ..tracking import reader, tracking_uri
 
@@ -160,7 +161,7 @@ def _check(sort_by: str, status: str | None, filter_tag: str | None, last: int |
 
 def run(params: dict, console, experiment: str | None = None, filter_tag: str | None = None,
         status: str | None = None, last: int | None = None, sort_by: str = "AP50", baseline: str | None = None,
-        out: Path = Path("reports"), storage: str | None = None, study_name: str | None = None) -> Path:
+        out: Path = REPORTS, storage: str | None = None, study_name: str | None = None) -> Path:
     """Build the report; zero matching runs give a report (and a message) saying so, not an error."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep stderr to the final lines
     from .eval import eval_blocks  # PR / F1 / confusion of the top runs, the dataset figure

@@ -12,9 +12,9 @@ from fcos import distributed as dist
 from fcos.coco_eval import STAT_NAMES as STATS
 from fcos.files import atomic_write
 
-from ..artifacts import EVAL_METRICS, MODEL, PER_CLASS_CSV, PREPARED, load_dataset, load_trained, write_json
+from ..artifacts import load_dataset, load_trained, write_json
 from ..errors import UserError
-from ..params import device_of
+from ..paths import EVAL_METRICS, EVAL_PLOTS, MODEL, PER_CLASS_CSV, PR_METRICS, PREPARED
 from ..progress import bar
 from ..tracking import Tracker
 
@@ -35,8 +35,8 @@ def run(params: dict, console) -> dict:
     from fcos.data import build_loader
     from fcos.engine import evaluate
 
-    device = dist.init_distributed() if "RANK" in os.environ else device_of(params)
-    model, classes = load_trained(params, device)
+    trained = load_trained(params, device=dist.init_distributed() if "RANK" in os.environ else None)
+    classes = trained.classes
     test_ds = load_dataset("test")
     if test_ds.classes != classes:
         raise UserError(f"{MODEL}: trained on classes {classes}, but the test split has {test_ds.classes}")
@@ -44,8 +44,9 @@ def run(params: dict, console) -> dict:
                           shard=True)
     with bar(console) as progress:
         task = progress.add_task("evaluate", total=len(loader), info="")
-        m = evaluate(model, loader, PREPARED / "test.json", test_ds.cat_ids, device, params["eval"]["backend"],
-                     params["train"]["amp"], progress=lambda done, total: progress.update(task, completed=done))
+        m = evaluate(trained.model, loader, PREPARED / "test.json", test_ds.cat_ids, trained.device,
+                     params["eval"]["backend"], trained.amp,
+                     progress=lambda done, total: progress.update(task, completed=done))
     main = dist.is_main_process()
     if dist.is_distributed():
         import torch
@@ -63,7 +64,7 @@ def run(params: dict, console) -> dict:
         for c in classes:
             w.writerow([c, _fmt(m["per_class_AP50"].get(c)), _fmt(m["per_class_AP"].get(c))])
     # PR and F1 curves, F1-optimal thresholds, confusion matrix: metrics/pr.json, plots/eval/ (eval_analysis.py).
-    from ..eval_analysis import EVAL_PLOTS, PR_METRICS, write_analysis
+    from ..eval_analysis import write_analysis
     pr = write_analysis(m, PREPARED / "test.json", params["eval"]["confusion_thresh"])
     with Tracker(params, new_run=False) as tracker:
         tracker.log_metrics({"test/F1": pr["F1"], "test/F1_thresh": pr["f1_thresh"]})   # None is not logged

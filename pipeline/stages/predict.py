@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import MODEL, load_trained, write_text
+from ..artifacts import load_trained, write_text
 from ..errors import UserError
-from ..params import device_of
+from ..paths import MODEL, PR_METRICS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -42,10 +42,9 @@ def output_names(files: list[Path], out_dir: Path) -> list[Path]:
     return outs
 
 
-def detector(params: dict, model_path: Path | None, device):
+def detector(params: dict, model_path: Path | None):
     """(detect: PIL image -> {"boxes", "scores", "labels"} numpy arrays, class names) for models/model.pt
     (None), another checkpoint, or an exported .onnx graph run by onnxruntime."""
-    import torch
 
     from fcos.data import to_tensor
 
@@ -58,12 +57,12 @@ def detector(params: dict, model_path: Path | None, device):
         except ImportError:
             raise UserError("an .onnx model needs onnxruntime: pip install 'fcos-exp[export]'") from None
         return onnx, onnx.classes
-    model, classes = load_trained(params, device, model_path or MODEL)
+    trained = load_trained(params, model_path or MODEL)
 
-    @torch.inference_mode()
     def detect(image):
-        return {k: v.cpu().numpy() for k, v in model([to_tensor(image).to(device)])[0].items()}
-    return detect, classes
+        return {k: (v.float() if v.is_floating_point() else v).cpu().numpy()
+                for k, v in trained.detect([to_tensor(image)])[0].items()}
+    return detect, trained.classes
 
 
 def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: float | str | None,
@@ -71,13 +70,13 @@ def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: 
     from fcos.data import DataError, load_image
 
     from ..drawing import draw_boxes
-    from ..eval_analysis import NO_F1_THRESH, PR_METRICS, class_thresholds
+    from ..eval_analysis import NO_F1_THRESH, class_thresholds
     from ..progress import bar
 
     files = collect(inputs)
     outs = output_names(files, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    detect, classes = detector(params, model_path, device_of(params))
+    detect, classes = detector(params, model_path)
     setting = params["visualize"]["score_thresh"] if score_thresh is None else score_thresh
     if score_thresh is None and setting == "f1" and not PR_METRICS.is_file():
         console.print(f"no {PR_METRICS} yet (`fcos-exp evaluate` writes it): drawing scores >= {NO_F1_THRESH}")

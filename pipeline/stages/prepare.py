@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import PREPARED, write_json
+from ..artifacts import write_json
 from ..errors import UserError
+from ..paths import DATASET_PLOTS, PREPARED
 
 
 def _records(params: dict, report):
@@ -74,7 +75,7 @@ def run(params: dict, console) -> dict:
                          for k, v in (("train", train), ("val", val), ("test", test))},
                "problems": dict(report.counts), "problem_lines": report.lines[:1000]}
     # Dataset statistics per split (summary.json "stats") and plots/dataset/ (dataset.png, objects_per_class.csv).
-    from ..figures_dataset import DATASET_PLOTS, write_dataset_outputs
+    from ..figures_dataset import write_dataset_outputs
     summary["stats"] = write_dataset_outputs({"train": train, "val": val, "test": test}, classes)
     write_json(PREPARED / "summary.json", summary)
     console.print(f"[bold]prepared[/] {summary['images']} images, {summary['boxes']} boxes, "

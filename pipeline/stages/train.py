@@ -5,31 +5,28 @@ from __future__ import annotations
 import fcntl
 import os
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 from fcos import FCOSConfig
 from fcos import distributed as dist
 from fcos.config import DECODE_KEYS
 
-from ..artifacts import MODEL, PREPARED, STEPS_CSV, TRAIN_METRICS, load_dataset, write_json
+from ..artifacts import load_dataset, write_json
 from ..errors import UserError
-from ..figures_dataset import DATASET_PLOTS
 from ..params import device_of, flatten, model_config
+from ..paths import DATASET_PLOTS, MODEL, PREPARED, STEPS_CSV, TRAIN_LOCK, TRAIN_METRICS
 from ..progress import ProgressCallback
 from ..provenance import dataset_hash, git_commit
 from ..steplog import StepLog
 from ..tracking import MlflowCallback, Tracker
 from ..training import train
 
-LOCK = Path("models/.train.lock")
-
 
 @contextmanager
 def _only_training_here():
     """One `fcos-exp train` per folder: a second one stops at once instead of overwriting the first's
     checkpoint (the lock goes with the process, also when it is killed)."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "w") as f:
+    TRAIN_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(TRAIN_LOCK, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
