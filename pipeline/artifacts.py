@@ -3,6 +3,11 @@ what an earlier stage wrote (the prepared datasets, the trained model). Stages i
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,40 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2))
+
+
+@contextmanager
+def replaced_folder(path: Path) -> Iterator[Path]:
+    """A new folder beside `path` to write into; once the block ends without error it takes `path`'s place
+    (two renames), else it is removed and `path` stays as it was. Readers never see a half-written mix of
+    old and new files, only the old folder, the new one or (between the renames) none. Folders left by a
+    killed process (`.<name>-<pid>-...` of a dead pid) are removed first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f".{path.name}-*"):
+        pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{path.name}-{os.getpid()}-new-", dir=path.parent))
+    try:
+        yield new
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    trash = path.parent / f".{path.name}-{os.getpid()}-old-{new.name.rsplit('-', 1)[1]}"
+    if path.exists():
+        os.replace(path, trash)
+    os.replace(new, path)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def load_dataset(split: str, **kwargs):

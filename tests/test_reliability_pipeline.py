@@ -180,15 +180,17 @@ def test_predict_never_writes_over_its_inputs_and_keeps_every_output(project, tm
     photos.mkdir(), other.mkdir()
     Image.new("RGB", (64, 48), 90).save(photos / "x.png")
     Image.new("RGB", (64, 48), 90).save(other / "x.png")
+    Image.new("RGB", (64, 48), 90).save(other / "x-2.png")    # a name the numbering gives too
     before = (photos / "x.png").read_bytes()
     one_error(run_cli("predict", str(photos), "-o", str(photos)), "would replace the input image")
     assert (photos / "x.png").read_bytes() == before
     out = tmp_path / "out"
     r = run_cli("predict", str(photos), str(other), "-o", str(out))
     assert r.exit_code == 0, r.stderr
-    assert sorted(p.name for p in out.glob("*.png")) == ["x-2.png", "x.png"]
-    outputs = [d["output"] for d in json.loads((out / "detections.json").read_text())]
-    assert outputs == [str(out / "x.png"), str(out / "x-2.png")]
+    assert sorted(p.name for p in out.glob("*.png")) == ["x-2.png", "x-3.png", "x.png"]   # one per input
+    pairs = [(d["file"], d["output"]) for d in json.loads((out / "detections.json").read_text())]
+    assert pairs == [(str(photos / "x.png"), str(out / "x.png")), (str(other / "x-2.png"), str(out / "x-2.png")),
+                     (str(other / "x.png"), str(out / "x-3.png"))]
 
 
 def test_tracking_uri_of_a_project_path_with_sqlite_special_characters(tmp_path, monkeypatch):

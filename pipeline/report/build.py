@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shlex
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from ..params import flatten
 from ..paths import REPORTS
 from ..provenance import dataset_hash, git_commit, project_root
 from ..tracking import reader, tracking_uri
+from .publish import claim, publish, staging
 
 # Sortable metrics where lower is better, and the MLflow metric each one is read from.
 LOWER_IS_BETTER = {"ms_per_image": "test/ms_per_image", "train_seconds": "train_summary/train_seconds"}
@@ -164,18 +164,29 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
         out: Path = REPORTS, storage: str | None = None, study_name: str | None = None) -> Path:
     """Build the report; zero matching runs give a report (and a message) saying so, not an error."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep stderr to the final lines
+    status = _check(sort_by, status, filter_tag, last)
+    name = experiment or params["tracking"]["experiment"]
+    claim(out)   # before any work: a folder holding files of the user's is refused
+    client = reader()
+    exp = client.get_experiment_by_name(name)
+    with staging(out) as stage:
+        built = _build(params, console, client, exp, name, filter_tag, status, last, sort_by, baseline, stage,
+                      storage, study_name)
+        publish(stage, out)
+    console.print(f"report of {built['runs']} runs: {(out / 'report.html').resolve()} (self-contained, open it in "
+                  f"a browser) and {(out / 'report.md').resolve()}")
+    return out / "report.html"
+
+
+def _build(params: dict, console, client, exp, name: str, filter_tag, status, last, sort_by, baseline,
+           out: Path, storage, study_name) -> dict:
+    """The report's files in `out` (a staging folder); returns {"runs": the number reported}."""
     from .eval import eval_blocks  # PR / F1 / confusion of the top runs, the dataset figure
     from .html import render_html, render_markdown
     from .sections import build_blocks
     from .tuning import tuning_section
 
-    status = _check(sort_by, status, filter_tag, last)
-    name = experiment or params["tracking"]["experiment"]
-    client = reader()
-    exp = client.get_experiment_by_name(name)
-    out.mkdir(parents=True, exist_ok=True)
     assets = out / "assets"
-    shutil.rmtree(assets, ignore_errors=True)
     assets.mkdir()
     runs = search_all(client, exp.experiment_id) if exp else []
     rows = sort_rows(fetch_rows(runs, filter_tag, status, last), sort_by)
@@ -209,6 +220,4 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
     (out / "report.html").write_text(render_html(ctx["title"], blocks))
     if not rows:
         console.print(ctx["empty"])
-    console.print(f"report of {len(rows)} runs: {(out / 'report.html').resolve()} (self-contained, open it in "
-                  f"a browser) and {(out / 'report.md').resolve()}")
-    return out / "report.html"
+    return {"runs": len(rows)}

@@ -28,13 +28,18 @@ def collect(inputs: list[Path]) -> list[Path]:
 
 
 def output_names(files: list[Path], out_dir: Path) -> list[Path]:
-    """<stem>.png per image in out_dir; a stem met again gets -2, -3, ... (a/x.jpg and b/x.jpg both kept).
-    An output that would replace an input image is refused: predict never writes over its inputs."""
-    taken: dict[str, int] = {}
+    """<stem>.png per image in out_dir; a name already given (case aside) gets -2, -3, ... until it is free
+    (a/x.jpg, b/x.jpg and c/x-2.jpg give x.png, x-2.png and x-2-2.png). An output that would replace an
+    input image is refused: predict never writes over its inputs."""
+    taken: set[str] = {"detections.json"}
     outs = []
     for f in files:
-        n = taken[f.stem.lower()] = taken.get(f.stem.lower(), 0) + 1
-        outs.append(out_dir / (f"{f.stem}.png" if n == 1 else f"{f.stem}-{n}.png"))
+        name, n = f"{f.stem}.png", 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{f.stem}-{n}.png"
+        taken.add(name.lower())
+        outs.append(out_dir / name)
     inputs = {f.resolve() for f in files}
     clash = next((o for o in outs if o.resolve() in inputs), None)
     if clash is not None or (out_dir / "detections.json").resolve() in inputs:
