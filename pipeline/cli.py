@@ -25,9 +25,10 @@ def _user_errors(interrupted: str = "interrupted"):
     from fcos.errors import InputError  # light: the library's base of input errors (DataError too)
     try:
         yield
-    except KeyboardInterrupt:
-        typer.echo(interrupted, err=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        typer.echo(interrupted.replace("interrupted", "terminated", 1) if isinstance(e, Terminated) else interrupted,
+                   err=True)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
     except (UserError, InputError, OSError, FloatingPointError, MemoryError) as e:
         if os.environ.get("FCOS_EXP_DEBUG"):
             raise
@@ -69,10 +70,21 @@ VersionOpt = Annotated[bool, typer.Option("--version", callback=_version, is_eag
                                           help="Show the version and the torch/CUDA in use, then exit.")]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler's stop), raised where the program is, so that cleanups run as for Ctrl-C:
+    the last steps reach MLflow, runs are closed, temp files removed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 @app.callback()
 def _main(version: VersionOpt = False):
     """FCOS object detection experiments: prepare -> train -> evaluate -> visualize, tracked in MLflow,
     tuned with Optuna."""
+    import signal
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 def _setup(params_path: Path):

@@ -57,6 +57,16 @@ def _nonempty(v) -> str | None:
     return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
 
 
+EXPERIMENT_NAME_MAX = 500   # MLflow's MAX_EXPERIMENT_NAME_LENGTH (tests/test_reliability_tracking.py checks it)
+
+
+def _experiment(v) -> str | None:
+    if _nonempty(v):
+        return _nonempty(v)
+    return None if len(v) <= EXPERIMENT_NAME_MAX else \
+        f"must be at most {EXPERIMENT_NAME_MAX} characters (MLflow's limit), got {len(v)}"
+
+
 SCHEMA: dict[str, Any] = {
     "data": {
         "format": choice("shapes", "voc", "coco"), "root": _nonempty, "train_split": _nonempty,
@@ -75,7 +85,7 @@ SCHEMA: dict[str, Any] = {
              "device": _device, "amp": choice("none", "auto", "fp16", "bf16"), "winograd": _winograd,
              "confusion_thresh": _thresh},
     "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": _thresh},
-    "tracking": {"enabled": of_type(bool), "experiment": _nonempty, "log_every": number(1, 100000, integer=True)},
+    "tracking": {"enabled": of_type(bool), "experiment": _experiment, "log_every": number(1, 100000, integer=True)},
     "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),
              "direction": choice("maximize", "minimize"), "seed": number(0, 2**32 - 1, integer=True),
              "pruner": choice("hyperband", "median", "none"), "storage": of_type(str, optional=True),

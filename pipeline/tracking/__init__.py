@@ -4,7 +4,6 @@ client, experiment, finding runs), `ops` (each operation, sent or replayed), `ru
 from .callback import MlflowCallback
 from .offline import sync_pending
 from .run import Tracker
-from .runfile import last_run_id
 from .store import find_run, reader, tracking_uri
 
-__all__ = ["MlflowCallback", "Tracker", "find_run", "last_run_id", "reader", "sync_pending", "tracking_uri"]
+__all__ = ["MlflowCallback", "Tracker", "find_run", "reader", "sync_pending", "tracking_uri"]

@@ -45,8 +45,18 @@ def apply(c, run_id: str, op: str, payload) -> None:
         model = c.create_logged_model(run.info.experiment_id, name=payload["name"], source_run_id=run_id,
                                       params={k: str(v) for k, v in payload["params"].items()},
                                       model_type="fcos-detector")
-        _log_model_file(c, model.model_id, payload["path"])
-        c.finalize_logged_model(model.model_id, "READY")
+        try:
+            _log_model_file(c, model.model_id, payload["path"])
+            c.finalize_logged_model(model.model_id, "READY")
+        except Exception as e:   # no half-logged model left PENDING beside the one a later sync logs
+            try:
+                c.delete_logged_model(model.model_id)
+            except Exception:
+                pass
+            error = RuntimeError(f"{payload['path']}: not logged as the run's model ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:150] if str(e) else ''})")
+            error.error_code = getattr(e, "error_code", None)   # a refusal stays one (offline.sync_pending)
+            raise error from None
         c.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
     else:
         raise ValueError(f"unknown tracking operation {op!r}")

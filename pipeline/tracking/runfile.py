@@ -1,5 +1,5 @@
-"""models/mlflow_run.json: the run of the last `fcos-exp train` in this folder, which evaluate and visualize
-log into."""
+"""models/mlflow_run.json: the run of the last `fcos-exp train` in this folder and the store it lives in,
+which evaluate and visualize log into (also when MLFLOW_TRACKING_URI has changed since)."""
 from __future__ import annotations
 
 import json
@@ -7,17 +7,17 @@ import json
 from fcos.files import atomic_write
 
 from ..paths import RUN_FILE
-from .store import tracking_uri
 
 
-def write_run_file(run_id: str) -> None:
+def write_run_file(run_id: str, uri: str) -> None:
     with atomic_write(RUN_FILE) as f:
-        f.write(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri()}))
+        f.write(json.dumps({"run_id": run_id, "tracking_uri": uri}))
 
 
-def last_run_id() -> str | None:
-    """The run of the last `fcos-exp train` in this folder, if any."""
+def last_run() -> tuple[str, str | None] | None:
+    """(run id, tracking URI) of the last `fcos-exp train` in this folder, if any."""
     try:
-        return json.loads(RUN_FILE.read_text())["run_id"]
+        saved = json.loads(RUN_FILE.read_text())
+        return str(saved["run_id"]), saved.get("tracking_uri")
     except (OSError, ValueError, KeyError, TypeError):
         return None

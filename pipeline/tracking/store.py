@@ -2,6 +2,7 @@
 artifact location beside a local store; the searches that find runs again."""
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -18,32 +19,63 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}   # MLfl
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else the sqlite file mlflow.db at the project root (an absolute path: DVC runs
-    experiments in other folders). Characters sqlite URIs give a meaning to (% ? #) are refused."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    db = project_root() / "mlflow.db"
-    if any(c in str(db) for c in "%?#"):
-        raise UserError(f"{db.parent}: the project path holds one of % ? #, which a sqlite URI cannot carry; "
-                        "move the project or set MLFLOW_TRACKING_URI")
-    return f"sqlite:///{db}"
+    """MLFLOW_TRACKING_URI, else the sqlite file mlflow.db at the project root. A relative sqlite path is made
+    absolute from the project root (DVC runs experiments in other folders, which would each get a store of
+    their own). MLflow 3's file store (a plain path, file://) and characters sqlite URIs give a meaning to
+    (% ? #) are refused in one line."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        uri = f"sqlite:///{project_root() / 'mlflow.db'}"
+    elif uri.startswith("file:") or "://" not in uri:
+        raise UserError(f"MLFLOW_TRACKING_URI={uri}: a folder (MLflow's file store, retired in MLflow 3) is not "
+                        "supported; use sqlite:///ABSOLUTE/PATH/mlflow.db or http://HOST:PORT")
+    elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{project_root() / uri.removeprefix('sqlite:///')}"
+    db = sqlite_path(uri)
+    if db is not None and any(c in str(db) for c in "%?#"):
+        raise UserError(f"{db.parent}: the path holds one of % ? #, which a sqlite URI cannot carry; move the "
+                        "project or set MLFLOW_TRACKING_URI")
+    return uri
 
 
-def client():
-    """An MlflowClient of tracking_uri(), with MLflow's own INFO logging (schema migrations) kept quiet."""
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite URI, else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def client(uri: str | None = None):
+    """An MlflowClient of `uri` (default tracking_uri()), with MLflow's own INFO logging kept quiet.
+
+    A sqlite store is opened under a file lock beside it: MLflow creates and migrates the schema on first
+    use, and two processes doing that at once (two tune workers on a fresh project) made one of them fail.
+    A store that does not exist in a folder that cannot be written is refused at once (MLflow retries for
+    minutes)."""
     from mlflow import MlflowClient
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri())
+    uri = uri or tracking_uri()
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(uri)
+    if not db.exists() and not os.access(db.parent if db.parent.exists() else project_root(), os.W_OK):
+        raise UserError(f"{db}: no MLflow store there and its folder cannot be written; set MLFLOW_TRACKING_URI")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = open(db.with_name(db.name + ".lock"), "a")   # noqa: SIM115   (held for the `with` below only)
+    except OSError:   # a read-only folder with an existing store: nothing will be created there
+        return MlflowClient(uri)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        c = MlflowClient(uri)
+        c.search_experiments(max_results=1)   # creates or migrates the schema, one process at a time
+    return c
 
 
-def _artifact_location() -> str | None:
-    """Artifacts beside a local store: <root>/mlartifacts, or the sqlite file's folder/mlartifacts when a
-    shared sqlite store is named by MLFLOW_TRACKING_URI (never ./mlruns of whatever folder we are in)."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-    return None if "://" in uri else (project_root() / "mlartifacts").as_uri()
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a sqlite store in mlartifacts/ beside its file (never ./mlruns of whatever folder we are
+    in); a server's own location otherwise."""
+    db = sqlite_path(uri)
+    return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
 
 
 def experiment_id(mlflow_client, name: str) -> str:
@@ -52,7 +84,8 @@ def experiment_id(mlflow_client, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=_artifact_location(), tags=EXPERIMENT_KIND)
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_location(mlflow_client.tracking_uri),
+                                               tags=EXPERIMENT_KIND)
     except Exception:   # created meanwhile by another process
         exp = mlflow_client.get_experiment_by_name(name)
         if exp is None:
