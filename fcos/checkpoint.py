@@ -3,6 +3,9 @@ loaded with weights_only=True."""
 from __future__ import annotations
 
 import errno
+import os
+import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -27,13 +30,26 @@ def _to_cpu(obj):
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Atomic save of `state` with every tensor on the CPU: a crash mid-write leaves the previous checkpoint
-    intact, and a plain torch.load(path, weights_only=True) reads it on a machine without a GPU."""
+    intact, and a plain torch.load(path, weights_only=True) reads it on a machine without a GPU. A failed
+    write (a full disk) is an OSError naming the file and saying whether an earlier checkpoint is kept."""
+    path = Path(path)
+    existed = path.is_file()
     try:
         with atomic_write(path, "wb") as f:
             torch.save(_to_cpu(state), f)
-    except RuntimeError as e:   # torch reports a failed write (e.g. a full disk) as RuntimeError
-        raise OSError(errno.EIO, f"checkpoint not written, the previous one is kept ({str(e).splitlines()[0][:120]})",
-                      str(path)) from None
+    except (RuntimeError, OSError) as e:   # torch reports a failed write as RuntimeError ("[enforce fail at ...")
+        code = getattr(e, "errno", None) or (errno.ENOSPC if _full(path) else errno.EIO)
+        why = os.strerror(code) if code == errno.ENOSPC or isinstance(e, OSError) else \
+            re.sub(r"\[enforce fail at [^\]]*\]\s*", "", str(e).splitlines()[0])[:120]
+        kept = "the previous checkpoint is kept" if existed else "there is no earlier checkpoint"
+        raise OSError(code, f"checkpoint not written ({why}); {kept}", str(path)) from None
+
+
+def _full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        return False
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

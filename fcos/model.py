@@ -32,6 +32,8 @@ def _check_inputs(images: list[Tensor], targets: list[dict] | None, num_classes:
     if len(targets) != len(images):
         raise InputError(f"{len(images)} images but {len(targets)} targets")
     for i, t in enumerate(targets):
+        if not isinstance(t, dict):
+            raise InputError(f"image {i}: target must be a dict with boxes and labels, got {type(t).__name__}")
         boxes, labels = t.get("boxes"), t.get("labels")
         if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4 or not boxes.is_floating_point():
             raise InputError(f"image {i}: boxes must be a float tensor [N, 4], got "

@@ -62,12 +62,19 @@ def _alive(pid: int) -> bool:
 
 
 def load_dataset(split: str, **kwargs):
-    """The prepared COCO json of a split (train, val, test) as a CocoDataset; kwargs go to CocoDataset."""
-    from fcos.data import CocoDataset
+    """The prepared COCO json of a split (train, val, test) as a CocoDataset; kwargs go to CocoDataset.
+    prepare wrote it whole, so any problem reading it (an image deleted since, a file edited) means the
+    prepared data is damaged: UserError, rather than training or scoring on what is left."""
+    from fcos.data import CocoDataset, DataReport
     path = PREPARED / f"{split}.json"
     if not path.is_file():
         raise UserError(f"{path}: not found; run `fcos-exp prepare` (or `dvc repro`) first")
-    return CocoDataset(path, **kwargs)
+    report = DataReport()
+    dataset = CocoDataset(path, report=report, **kwargs)
+    if not report.ok:
+        raise UserError(f"{path}: the prepared {split} split is damaged ({report.summary().split(': ', 1)[-1]}; "
+                        f"first: {report.lines[0]}); run `fcos-exp prepare` again")
+    return dataset
 
 
 @dataclass

@@ -205,6 +205,22 @@ def merge(base: dict, overlay: dict) -> dict:
     return out
 
 
+MAX_OVERLAYS = 16   # a chain of `base:` files longer than this is refused (no real config needs more)
+
+
+def _sections(data: dict, path: Path) -> None:
+    """A params file's top level holds sections of params.yaml only. Unknown names are quoted only when they
+    look like a mistyped section (a short identifier): a file that is no params file at all (`base:
+    /etc/passwd`) is refused without copying its lines into the message."""
+    unknown = [k for k in data if k not in SCHEMA and k != "base"]
+    if not unknown:
+        return
+    names = [k for k in unknown if isinstance(k, str) and re.fullmatch(r"[A-Za-z_][\w-]{0,30}", k)]
+    if len(unknown) <= 3 and len(names) == len(unknown):
+        raise UserError(f"{path}: {', '.join(names)}: not a section of params.yaml ({', '.join(SCHEMA)})")
+    raise UserError(f"{path}: not a params file ({len(unknown)} top-level keys are not sections of params.yaml)")
+
+
 def read_params(path: str | Path = PARAMS, _seen: tuple = ()) -> dict:
     """The params of a file, unvalidated. A file with a top-level `base: OTHER.yaml` is an overlay: only
     the keys it sets differ from OTHER (a path relative to the working directory, like every path)."""
@@ -212,14 +228,24 @@ def read_params(path: str | Path = PARAMS, _seen: tuple = ()) -> dict:
     data = _read_yaml(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    _sections(data, path)
     if "base" not in data:
         return data
+    return _over_base(data, path, _seen)
+
+
+def _over_base(data: dict, path: Path, seen: tuple = ()) -> dict:
+    """An overlay's values merged over its base file's."""
+    data = dict(data)
     base = data.pop("base")
     if not isinstance(base, str):
         raise UserError(f"{path}: base: must be the path of a params file, got {base!r}")
-    if Path(base).resolve() in _seen or len(_seen) > 8:
-        raise UserError(f"{path}: base: {base} includes itself")
-    return merge(read_params(base, (*_seen, path.resolve())), data)
+    chain = (*seen, path.resolve())
+    if Path(base).resolve() in chain:
+        raise UserError(f"{path}: base: {base} includes itself (through {' -> '.join(p.name for p in chain)})")
+    if len(chain) >= MAX_OVERLAYS:
+        raise UserError(f"{path}: base: a chain of more than {MAX_OVERLAYS} overlays")
+    return merge(read_params(base, chain), data)
 
 
 def load_params(path: str | Path = PARAMS) -> dict:
@@ -275,7 +301,8 @@ def device_of(params: dict, section: str = "train"):
 
 def set_values(path: str | Path, values: dict[str, Any]) -> None:
     """Set dotted keys ({"train.lr": 0.01, "data.coco.train_ann": "a.json"}) in a params file in place,
-    keeping its comments and layout (ruamel.yaml round trip); the result must validate."""
+    keeping its comments and layout (ruamel.yaml round trip); in an overlay, keys it does not hold yet are
+    added. The result (an overlay: merged over its base) must validate."""
     from io import StringIO
 
     from ruamel.yaml import YAML
@@ -286,19 +313,23 @@ def set_values(path: str | Path, values: dict[str, Any]) -> None:
     rt.width = 4096
     _read_yaml(path)   # the checks every params file gets (size, regular file, YAML, no key twice)
     doc = rt.load(read_text_file(path))
+    overlay = isinstance(doc, dict) and "base" in doc   # holds only some keys: the others are added to it
     for key, value in values.items():
         node, *parents = doc, *key.split(".")[:-1]
         for part in parents:
+            if overlay and part not in node:
+                node[part] = {}
             if not isinstance(node.get(part), dict):
                 raise UserError(f"{path}: {key}: no such section to set")
             node = node[part]
         leaf = key.split(".")[-1]
-        if leaf not in node:
+        if leaf not in node and not overlay:
             raise UserError(f"{path}: {key}: not a params key")
         node[leaf] = value
     text = StringIO()
     rt.dump(doc, text)
-    problems = validate(yaml.safe_load(text.getvalue()))
+    result = yaml.safe_load(text.getvalue())
+    problems = validate(_over_base(result, path) if "base" in result else result)   # an overlay: as merged
     if problems:
         raise UserError("\n".join(f"{path}: {p}" for p in problems))
     from .artifacts import write_text

@@ -289,3 +289,19 @@ def test_out_never_replaces_or_deletes_what_the_report_did_not_write(project):
     assert (docs / "report.html").read_text().startswith("<!doctype html>")
     assert (docs / "notes.md").read_text() == "keep"
     assert not [p for p in project.iterdir() if p.name.startswith(".docs-")]   # no staging folder left
+
+
+def test_a_non_finite_metric_neither_ranks_first_nor_prints_digits(project, tracking_uri):
+    import mlflow
+    c = mlflow.MlflowClient(tracking_uri)
+    exp = c.get_experiment_by_name("inf-check") or c.get_experiment(c.create_experiment("inf-check"))
+    for name, value in (("fine", 0.5), ("broken", float("inf"))):
+        run = c.create_run(exp.experiment_id, run_name=name)
+        c.log_metric(run.info.run_id, "test/AP50", value)
+        c.set_terminated(run.info.run_id)
+    r = run_cli("report", "--experiment", "inf-check", "--out", "inf")
+    assert r.exit_code == 0, r.stderr
+    md = (project / "inf/report.md").read_text()
+    board = md[md.index("| run |"):] if "| run |" in md else md
+    assert "e+308" not in md and "179769" not in md
+    assert board.index("fine") < board.index("broken")     # the finite run is the best one

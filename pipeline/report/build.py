@@ -5,6 +5,7 @@ report out, tuning.py reads the Optuna study, figures.py draws, html.py renders.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import shlex
 import subprocess
@@ -43,7 +44,10 @@ class Row:
     curves: dict = field(default_factory=dict)
 
     def value(self, key: str):
-        return self.metrics.get(LOWER_IS_BETTER.get(key, f"test/{key}"))
+        """The metric, or None when absent or not finite: MLflow's sqlite store keeps inf as the largest
+        float, which must neither rank first nor print as a 309-digit number."""
+        v = self.metrics.get(LOWER_IS_BETTER.get(key, f"test/{key}"))
+        return v if v is not None and math.isfinite(v) and abs(v) < 1e300 else None
 
 
 def search_all(client, exp_id: str) -> list:
