@@ -97,11 +97,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _voc07(recall: np.ndarray, precision: np.ndarray) -> float:
-    ap = 0.0
-    for t in np.arange(0.0, 1.1, 0.1):
-        above = precision[recall >= t]
-        ap += (above.max() if len(above) else 0.0) / 11
-    return float(ap)
+    best = [precision[recall >= t].max(initial=0.0) for t in np.arange(0.0, 1.1, 0.1)]
+    return float(sum(best) / 11)
 
 
 def _all_point(recall: np.ndarray, precision: np.ndarray) -> float:
