@@ -38,6 +38,9 @@ def run(params: dict, console) -> dict:
     trained = load_trained(params, device=dist.init_distributed() if "RANK" in os.environ else None)
     classes = trained.classes
     test_ds = load_dataset("test")
+    if len(test_ds) == 0:
+        raise UserError(f"{PREPARED / 'test.json'}: the test split has no images, so there is nothing to evaluate "
+                        "(check data.test_split and run `fcos-exp prepare`)")
     if test_ds.classes != classes:
         raise UserError(f"{MODEL}: trained on classes {classes}, but the test split has {test_ds.classes}")
     loader = build_loader(test_ds, params["eval"]["batch_size"], num_workers=params["data"]["num_workers"],
