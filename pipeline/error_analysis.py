@@ -134,9 +134,10 @@ def _errors_json(r, gt: dict, dets: np.ndarray, proto: dict, n_worst: int, recor
     for c, name in sorted(names.items()):
         counts = {e: int(((r.det_code == k) & (det_class == c)).sum()) for k, e in enumerate(MAIN_ERRORS[:MISS])}
         counts["Miss"] = int((r.gt_missed & (gt_class == c)).sum())
-        per_class[name] = {"AP50": r.per_class_ap[c], "num_gt": int(((gt_class == c) & ~crowd).sum()),
-                           "main": r.per_class_main[c],
-                           "special": r.per_class_special[c], "counts": counts}
+        n_gt = int(((gt_class == c) & ~crowd).sum())
+        na = lambda values, n=n_gt: values if n else dict.fromkeys(values)   # no ground truth: n/a, not 0
+        per_class[name] = {"AP50": r.per_class_ap[c] if n_gt else None, "num_gt": n_gt,
+                           "main": na(r.per_class_main[c]), "special": na(r.per_class_special[c]), "counts": counts}
     files = {rec.image_id: Path(rec.file).name for rec in records}
     ranked = worst_images(r, len(r.image_ids))
     _write_ranking(r, ranked, files)
