@@ -31,10 +31,11 @@ def protocol(params: dict, gt: dict, iou_thresholds, voc: list[str]) -> dict:
     n, as_crowd = difficult_counts(gt)
     crowd = sum(bool(a.get("iscrowd")) for a in gt["annotations"]) - as_crowd
     difficult = ("none in the test split" if n == 0 else
-                 f"{n} boxes ignored like crowd boxes (data.eval_difficult: false)" if as_crowd == n else
-                 f"{n} boxes counted as ordinary ground truth (data.eval_difficult: true)" if as_crowd == 0 else
-                 f"{n} boxes, {as_crowd} of them ignored")
-    crowd_rule = f"{crowd} crowd boxes (iscrowd) in the test split" if crowd else "no crowd boxes in the test split"
+                 f"{_boxes(n)} ignored like crowd boxes (data.eval_difficult: false)" if as_crowd == n else
+                 f"{_boxes(n)} counted as ordinary ground truth (data.eval_difficult: true)" if as_crowd == 0 else
+                 f"{_boxes(n)}, {as_crowd} of them ignored")
+    crowd_rule = f"{_boxes(crowd, 'crowd ')} (iscrowd) in the test split" if crowd else \
+        "no crowd boxes in the test split"
     d = params["decode"]
     out = {
         "detections": {"score_thresh": d["score_thresh"], "nms_thresh": d["nms_thresh"],
@@ -53,10 +54,14 @@ def protocol(params: dict, gt: dict, iou_thresholds, voc: list[str]) -> dict:
     }
     for name in voc:
         out[name] = {"metric": LABELS[name], "iou": 0.5, "max_dets": None, "interpolation": INTERPOLATIONS[name],
-                     "difficult": f"{n} boxes ignored: neither true nor false positives, not counted in recall"
+                     "difficult": f"{_boxes(n)} ignored: neither true nor false positives, not counted in recall"
                                   if n else "none in the test split",
                      "crowd": f"ignored like difficult boxes ({crowd_rule})"}
     return out
+
+
+def _boxes(n: int, kind: str = "") -> str:
+    return f"{n} {kind}box{'' if n == 1 else 'es'}"
 
 
 def summary(p: dict) -> str:
@@ -76,11 +81,10 @@ def _short(rule: str) -> str:
 
 
 def voc_results(gt: dict, detections: np.ndarray, voc: list[str]) -> dict:
-    """{name: {"mAP", "per_class_AP" by class name, "num_gt" by class name}} for each VOC metric asked."""
+    """{name: {"mAP", "per_class_AP" by class name}} for each VOC metric asked for (None: no box counted)."""
     names = {c["id"]: c["name"] for c in gt["categories"]}
     out = {}
     for name in voc:
         r = voc_evaluate(gt, detections, name)
-        out[name] = {"mAP": r["mAP"], "per_class_AP": {names[c]: v for c, v in r["per_class_AP"].items()},
-                     "num_gt": {names[c]: v for c, v in r["num_gt"].items()}}
+        out[name] = {"mAP": r["mAP"], "per_class_AP": {names[c]: v for c, v in r["per_class_AP"].items()}}
     return out

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from conftest import run_cli, tiny_params
@@ -217,3 +218,21 @@ def test_voc_metric_setting_is_validated():
     for bad in ("voc12", ["voc07", "voc07"], 7):
         p["eval"]["voc_metric"] = bad
         assert validate(p) == [f"eval.voc_metric: must be null, voc07, voc or a list of them, got {bad!r}"]
+
+
+def test_protocol_states_how_difficult_and_crowd_boxes_count():
+    from pipeline.eval_protocol import protocol, summary
+    params = tiny_params()
+    box = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]}
+    gt = lambda *flags: {"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}],
+                         "annotations": [{**box, "difficult": d, "iscrowd": c} for d, c in flags]}
+    thresholds = np.linspace(0.5, 0.95, 10)
+    counted = protocol(params, gt((1, 0), (1, 0), (0, 0)), thresholds, ["voc07"])
+    assert counted["coco"]["difficult"] == "2 boxes counted as ordinary ground truth (data.eval_difficult: true)"
+    assert counted["voc07"]["difficult"].startswith("2 boxes ignored: neither true nor false positives")
+    assert "difficult: counted" in summary(counted) and "VOC07 11-point mAP@0.5, difficult ignored" in summary(counted)
+    ignored = protocol(params, gt((1, 1), (0, 0), (0, 1)), thresholds, [])
+    assert ignored["coco"]["difficult"] == "1 box ignored like crowd boxes (data.eval_difficult: false)"
+    assert "1 crowd box (iscrowd)" in ignored["coco"]["crowd"] and "voc07" not in ignored
+    assert "difficult: ignored" in summary(ignored) and "score >= 0.05, <= 100/image" in summary(ignored)
+    assert protocol(params, gt((0, 0),), thresholds, [])["coco"]["difficult"] == "none in the test split"
