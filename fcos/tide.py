@@ -144,7 +144,7 @@ def tide(gt: dict, detections: np.ndarray, max_dets: int = MAX_DETS, pos_thresh:
         per_class_main={c: {e: nan_none(per_class_main[e][k]) for e in MAIN_ERRORS} for k, c in enumerate(k_ids)},
         per_class_special={c: {e: nan_none(per_class_special[e][k]) for e in SPECIAL_ERRORS}
                            for k, c in enumerate(k_ids)},
-        image_ids=g.image_ids_in_order, image_counts=counts, image_loss=np.zeros(len(g.image_ids)),
+        image_ids=g.image_ids, image_counts=counts, image_loss=np.zeros(len(g.image_ids)),
         det_code=det_code, det_ignored=det_ignored, det_gt=det_gt, gt_missed=gt_missed, gt_found=gt_found)
     result.image_loss = image_losses(result, det[:, 5], d_img)
     return result
@@ -180,8 +180,7 @@ class _Truth:
     """The ground truth as arrays: non-crowd boxes sorted by image (annotation order kept), crowd apart."""
 
     def __init__(self, gt: dict):
-        self.image_ids_in_order = np.array([im["id"] for im in gt["images"]], np.int64)
-        self.image_ids = self.image_ids_in_order
+        self.image_ids = np.array([im["id"] for im in gt["images"]], np.int64)   # in the ground truth's order
         self.cat_ids = np.array(sorted(c["id"] for c in gt["categories"]), np.int64)
         anns = gt["annotations"]
         img = _positions(self.image_ids, np.array([a["image_id"] for a in anns], np.float64))
