@@ -14,6 +14,7 @@ import yaml
 
 from fcos.coco_eval import STAT_NAMES
 from fcos.config import DECODE_KEYS, FCOSConfig, TrainConfig, choice, number, of_type
+from fcos.voc_eval import INTERPOLATIONS
 
 from .errors import UserError
 from .paths import PARAMS
@@ -53,6 +54,15 @@ def _winograd(v) -> str | None:
     return None if v == "auto" or isinstance(v, bool) else f"must be auto, true or false, got {v!r}"
 
 
+def _voc_metric(v) -> str | None:
+    """eval.voc_metric: null, one of VOC's interpolations or a list of them (pipeline/eval_protocol.py)."""
+    values = [] if v is None else [v] if isinstance(v, str) else v if isinstance(v, list) else None
+    if values is None or not all(isinstance(x, str) and x in INTERPOLATIONS for x in values) \
+            or len(set(values)) != len(values):
+        return f"must be null, {', '.join(INTERPOLATIONS)} or a list of them, got {v!r}"
+    return None
+
+
 def _nonempty(v) -> str | None:
     return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
 
@@ -83,7 +93,7 @@ SCHEMA: dict[str, Any] = {
     "train": {"batch_size": number(1, 4096, integer=True), "device": _device},   # + TrainConfig.check
     "eval": {"batch_size": number(1, 4096, integer=True), "backend": choice("faster", "pycocotools"),
              "device": _device, "amp": choice("none", "auto", "fp16", "bf16"), "winograd": _winograd,
-             "confusion_thresh": _thresh},
+             "confusion_thresh": _thresh, "voc_metric": _voc_metric, "worst_images": number(0, 1000, integer=True)},
     "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": _thresh},
     "tracking": {"enabled": of_type(bool), "experiment": _experiment, "log_every": number(1, 100000, integer=True)},
     "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),

@@ -19,6 +19,9 @@ PER_CLASS_CSV = Path("plots/per_class_ap.csv")   # (dvc plots, as the two below)
 PR_CSV = Path("plots/pr_curve.csv")
 CONFUSION_CSV = Path("plots/confusion.csv")
 EVAL_PLOTS = Path("plots/eval")               # PR, F1 and confusion figures
+ERRORS_METRICS = Path("metrics/errors.json")  # TIDE error breakdown, overall, per class, the worst images
+WORST_IMAGES = Path("plots/eval/worst")       # the worst images drawn, mosaic.png
+ERRORS_PER_IMAGE_CSV = Path("plots/errors_per_image.csv")   # every image's errors, worst first (dvc plots)
 # visualize
 TRAINING_FIGURES = Path("plots/figures")      # training curves, per-class AP
 DETECTIONS = Path("plots/detections")         # detection images and mosaic.png

@@ -185,6 +185,7 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
 def _build(params: dict, console, client, exp, name: str, filter_tag, status, last, sort_by, baseline,
            out: Path, storage, study_name) -> dict:
     """The report's files in `out` (a staging folder); returns {"runs": the number reported}."""
+    from .errors import error_blocks, protocol_header  # protocols, TIDE errors, worst images
     from .eval import eval_blocks  # PR / F1 / confusion of the top runs, the dataset figure
     from .html import render_html, render_markdown
     from .sections import build_blocks
@@ -205,7 +206,8 @@ def _build(params: dict, console, client, exp, name: str, filter_tag, status, la
         "title": f"fcos-exp report: {name}",
         "header": {"git commit": git_commit(), "dataset hash": dataset_hash(), "tracking URI": tracking_uri(),
                    "experiment": name, "filters": filters, "sorted by": sort_by,
-                   "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")},
+                   "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+                   **protocol_header(rows)},
         "rows": rows, "sort_by": sort_by, "val_metric": val_metric, "top": ranked[:TOP],
         "best": ranked[0] if ranked else None, "baseline": pick_baseline(rows, baseline),
         "commands": {r.run_id: reproduce_command(r, current, cache) for r in rows},
@@ -218,7 +220,8 @@ def _build(params: dict, console, client, exp, name: str, filter_tag, status, la
                         f"no runs in {where}" if exp else f"no {where}") + ": run `dvc repro` first"
     else:
         ctx["detections"], ctx["no_detections"] = detection_images(client, ctx["best"], assets)
-        ctx["eval_blocks"] = eval_blocks(client, ctx["top"], ctx["best"], assets)
+        ctx["eval_blocks"] = eval_blocks(client, ctx["top"], ctx["best"], assets) + \
+            error_blocks(client, rows, ctx["top"], ctx["best"], assets)
     blocks = build_blocks(ctx)
     (out / "report.md").write_text(render_markdown(ctx["title"], blocks, out))
     (out / "report.html").write_text(render_html(ctx["title"], blocks))

@@ -38,6 +38,9 @@ def run(params: dict, console) -> dict:
     trained = load_trained(params, device=dist.init_distributed() if "RANK" in os.environ else None)
     classes = trained.classes
     test_ds = load_dataset("test")
+    if len(test_ds) == 0:
+        raise UserError(f"{PREPARED / 'test.json'}: the test split has no images, so there is nothing to evaluate "
+                        "(check data.test_split and run `fcos-exp prepare`)")
     if test_ds.classes != classes:
         raise UserError(f"{MODEL}: trained on classes {classes}, but the test split has {test_ds.classes}")
     loader = build_loader(test_ds, params["eval"]["batch_size"], num_workers=params["data"]["num_workers"],
@@ -57,6 +60,10 @@ def run(params: dict, console) -> dict:
               "inference_seconds": m["inference_seconds"], "model_seconds": m["model_seconds"],
               "data_seconds": m["data_seconds"], "metric_seconds": m["metric_seconds"],
               "ms_per_image": m["ms_per_image"], "num_images": m["num_images"]}
+    # TIDE errors, the worst images, VOC's metric and every metric's protocol (error_analysis.py).
+    from ..error_analysis import analyse
+    analysis = analyse(params, m, PREPARED / "test.json", test_ds.records)
+    result.update(analysis.eval_fields)
     write_json(EVAL_METRICS, result)
     with atomic_write(PER_CLASS_CSV) as f:
         w = csv.writer(f)
@@ -76,11 +83,18 @@ def run(params: dict, console) -> dict:
                            "AP": [m["per_class_AP"].get(c) for c in classes]}, "eval/per_class_ap.json")
         tracker.log_table({"metric": STATS, "value": [m[k] for k in STATS]}, "eval/map_table.json")
         tracker.log_artifact(EVAL_METRICS, "metrics")
-    Console().print(map_table(result))   # data on stdout, logs on stderr
+        analysis.log(tracker)
+    out = Console()   # data on stdout, logs on stderr
+    out.print(map_table(result))
+    out.print(f"protocol: {analysis.protocol_line}")
+    for table in analysis.tables(result["AP50"]):
+        out.print(table)
     console.print(f"{m['num_images']} images: {m['inference_seconds']:.1f} s inference ({m['ms_per_image']:.1f} "
                   f"ms/image for the model, amp {m['amp']}), {m['metric_seconds']:.2f} s COCO eval")
     console.print(f"F1 {pr['F1']:.3f} at score >= {pr['f1_thresh'] or 0:.2f} (per class in {PR_METRICS}); "
                   f"PR curves and confusion matrix in {EVAL_PLOTS}/")
+    for line in analysis.notes():
+        console.print(line)
     return result
 
 
