@@ -194,15 +194,19 @@ class Watch:
                 "first_batch_s": round(self.first or 0.0, 3)}
 
 
-def peak_mib(device: torch.device) -> float | None:
-    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.type == "cuda" else None
+def reset_peak(device: torch.device) -> int:
+    """Start counting the peak; returns the bytes already held (pre-loaded batches: not the step's)."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
 
 
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+def peak_mib(device: torch.device, base: int) -> float | None:
+    """MiB the run needed at its peak (model, optimizer state, activations) above `base`."""
+    return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1) if device.type == "cuda" else None
 
 
 def run_ours(s: dict, loader, device: torch.device, tmp: Path) -> dict:
@@ -210,11 +214,11 @@ def run_ours(s: dict, loader, device: torch.device, tmp: Path) -> dict:
     seed_everything(s["train"].seed)
     model = FCOS(s["model"])
     watch = Watch(loader, device)
-    reset_peak(device)
+    base = reset_peak(device)
     result = fit(model, watch, s["train"], checkpoint_path=tmp / "ours.pt", classes=list(VOC_CLASSES), device=device)
     seconds = result["history"][-1]["seconds"]   # the loop's; fit then writes the epoch's checkpoint
     out = {**watch.result(seconds), "checkpoint_s": round(result["train_seconds"] - seconds, 3),
-           "peak_mib": peak_mib(device)}
+           "peak_mib": peak_mib(device, base)}
     del model
     return out
 
@@ -236,6 +240,7 @@ def run_theirs(s: dict, loader, device: torch.device) -> dict:
     """One epoch of torchvision's detection reference training loop (references/detection/engine.py,
     train_one_epoch of epoch 0: linear warmup, GradScaler under fp16, the losses read every step)."""
     seed_everything(s["train"].seed)
+    base = reset_peak(device)
     model = tv_model(s["model"]).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=s["train"].lr, momentum=0.9, weight_decay=1e-4)
@@ -244,7 +249,6 @@ def run_theirs(s: dict, loader, device: torch.device) -> dict:
     fp16 = amp_as_run(s["train"].amp, device) == "fp16"
     scaler = torch.amp.GradScaler("cuda") if fp16 else None
     watch = Watch(loader, device)
-    reset_peak(device)
     start = time.perf_counter()
     for images, targets in watch:
         images = [im.to(device) for im in images]
@@ -265,7 +269,7 @@ def run_theirs(s: dict, loader, device: torch.device) -> dict:
         warmup.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    out = {**watch.result(time.perf_counter() - start), "peak_mib": peak_mib(device)}
+    out = {**watch.result(time.perf_counter() - start), "peak_mib": peak_mib(device, base)}
     del model, opt
     return out
 
@@ -376,8 +380,7 @@ class Bench:
             deadline = time.perf_counter() + self.args.search_seconds / 2
 
     def fits(self, s: dict, name: str, n: int) -> bool:
-        g = torch.Generator().manual_seed(n)
-        images = [torch.rand(3, 375, 500, generator=g).to(self.device) for _ in range(n)]
+        images = list(torch.rand(n, 3, 375, 500, device=self.device).unbind(0))
         targets = [{"boxes": torch.tensor([[40.0, 30.0, 300.0, 250.0], [200.0, 100.0, 480.0, 360.0]]),
                     "labels": torch.tensor([3, 14]), "image_id": i} for i in range(n)]
         try:
