@@ -332,54 +332,51 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     start = time.perf_counter()
     cbs.on_train_start(state)
     try:
-        try:
-            for epoch in range(start_epoch, cfg.epochs):
-                if cfg.patience and best["stale"] >= cfg.patience:   # checked here too: a resumed run that had stopped
-                    stopped_by = "patience"
-                    break
-                state.epoch = epoch
-                if hasattr(train_loader.sampler, "set_epoch"):
-                    train_loader.sampler.set_epoch(epoch)
-                summary = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler, device, cfg, state,
-                                          cbs)
-                summary["epoch"] = epoch + 1
-                metrics, improved = None, False
-                if cfg.eval_every and val_loader is not None and (epoch + 1) % cfg.eval_every == 0:
-                    metrics = evaluate(model, val_loader, val_gt, val_cat_ids, device, cfg.eval_backend, amp)
-                    summary.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)})
-                    value = metrics[cfg.best_metric]
-                    improved = _improves(value, best["value"])
-                    best = {**best, "value": value, "epoch": epoch + 1, "stale": 0} if improved else \
-                        {**best, "stale": best["stale"] + 1}
-                history.append(summary)
-                if main:   # the last checkpoint first: see _restore_best_file
-                    save_checkpoint(checkpoint_path, {
-                        **weights_checkpoint(model, classes, epoch=epoch + 1, global_step=state.global_step,
-                                             best=best, train_config=asdict(cfg)),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                        "rng": _rng_state(), "loader_rng": train_loader.generator.get_state()
-                        if getattr(train_loader, "generator", None) is not None else None, "history": history})
-                    if improved and best_path is not None:
-                        save_checkpoint(best_path, weights_checkpoint(
-                            model, classes, epoch=epoch + 1, global_step=state.global_step, best=best,
-                            train_config=asdict(cfg)))
-                if metrics is not None:
-                    cbs.on_eval_end(state, {k: v for k, v in metrics.items() if k != "detections"})
-                cbs.on_epoch_end(state, summary)
-        except StopTraining:
-            stopped_by = "callback"
-        if main and best_path is not None and best["epoch"] is None:
-            # No validation value (eval_every 0, or none came): best_path still exists for whoever reads it (a
-            # DVC output must), holding the weights training ended with; its record (epoch None) says so.
-            save_checkpoint(best_path, weights_checkpoint(
-                model, classes, epoch=history[-1]["epoch"] if history else 0, global_step=state.global_step,
-                best=best, train_config=asdict(cfg)))
+        for epoch in range(start_epoch, cfg.epochs):
+            if cfg.patience and best["stale"] >= cfg.patience:   # checked here: a resumed run that had stopped too
+                stopped_by = "patience"
+                break
+            state.epoch = epoch
+            if hasattr(train_loader.sampler, "set_epoch"):
+                train_loader.sampler.set_epoch(epoch)
+            summary = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler, device, cfg, state, cbs)
+            summary["epoch"] = epoch + 1
+            metrics, improved = None, False
+            if cfg.eval_every and val_loader is not None and (epoch + 1) % cfg.eval_every == 0:
+                metrics = evaluate(model, val_loader, val_gt, val_cat_ids, device, cfg.eval_backend, amp)
+                summary.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+                improved = _improves(metrics[cfg.best_metric], best["value"])
+                best = {**best, "value": metrics[cfg.best_metric], "epoch": epoch + 1, "stale": 0} if improved \
+                    else {**best, "stale": best["stale"] + 1}
+            history.append(summary)
+            if main:   # the last checkpoint first: see _restore_best_file
+                save_checkpoint(checkpoint_path, {
+                    **weights_checkpoint(model, classes, epoch=epoch + 1, global_step=state.global_step, best=best,
+                                         train_config=asdict(cfg)),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "rng": _rng_state(), "loader_rng": train_loader.generator.get_state()
+                    if getattr(train_loader, "generator", None) is not None else None, "history": history})
+                if improved and best_path is not None:
+                    save_checkpoint(best_path, weights_checkpoint(model, classes, epoch=epoch + 1, best=best,
+                                                                  global_step=state.global_step,
+                                                                  train_config=asdict(cfg)))
+            if metrics is not None:
+                cbs.on_eval_end(state, {k: v for k, v in metrics.items() if k != "detections"})
+            cbs.on_epoch_end(state, summary)
+    except StopTraining:
+        stopped_by = "callback"
     except BaseException as e:
         error = e
         raise
     finally:
         cbs.on_train_end(state, error)
+    if main and best_path is not None and best["epoch"] is None:
+        # No validation value (eval_every 0, or none came): best_path still exists for whoever reads it (a DVC
+        # output must), holding the weights training ended with; its record (epoch None) says so.
+        save_checkpoint(best_path, weights_checkpoint(model, classes, epoch=history[-1]["epoch"] if history else 0,
+                                                      global_step=state.global_step, best=best,
+                                                      train_config=asdict(cfg)))
     return {"epochs": len(history), "steps": state.global_step, "history": history,
             "stopped_early": stopped_by is not None, "stopped_by": stopped_by, "best": best,
             "train_seconds": time.perf_counter() - start, "amp": amp}
