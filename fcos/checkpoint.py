@@ -1,5 +1,6 @@
 """Checkpoints: tensors on the CPU (written on a GPU, they load anywhere), written to a temp file and renamed,
-loaded with weights_only=True."""
+loaded with weights_only=True. `fit` writes two: the last epoch's, with everything needed to resume, and the
+best validated epoch's weights (`weights_checkpoint`, no optimizer state), each with the `best` record."""
 from __future__ import annotations
 
 import errno
@@ -26,6 +27,12 @@ def _to_cpu(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+def weights_checkpoint(model: FCOS, classes: list[str], **meta) -> dict:
+    """The weights, model config and class names, plus `meta` (epoch, global_step, best, ...): what loads a model.
+    Without optimizer state it cannot be resumed (models/best.pt); `fit` adds that state for the last one."""
+    return {"model": model.state_dict(), "model_config": model.config.to_dict(), "classes": list(classes), **meta}
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -68,9 +75,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FCOS, list[str]]:
-    """The trained model (eval mode, no pretrained download: weights come from the checkpoint) and class names."""
-    ckpt = load_checkpoint(path, device)
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> FCOS:
+    """The model of a loaded checkpoint, in eval mode (no pretrained download: the weights are the checkpoint's)."""
     model = FCOS(FCOSConfig.from_dict({**ckpt["model_config"], "weights": None}))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), list(ckpt["classes"])
+    return model.to(device).eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FCOS, list[str]]:
+    """The trained model (eval mode) and its class names."""
+    ckpt = load_checkpoint(path, device)
+    return model_from_checkpoint(ckpt, device), list(ckpt["classes"])

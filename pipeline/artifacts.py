@@ -15,7 +15,9 @@ from typing import Any
 from fcos.files import atomic_write
 
 from .errors import UserError
-from .paths import MODEL, PREPARED
+from .paths import BEST_MODEL, MODEL, PREPARED
+
+CHECKPOINTS = {"last": MODEL, "best": BEST_MODEL}   # eval.checkpoint: what evaluate, visualize and predict load
 
 
 def write_text(path: Path, text: str) -> None:
@@ -96,17 +98,30 @@ class Trained:
             return self.model([im.to(self.device) for im in images])
 
 
-def load_trained(params: dict, path: Path = MODEL, device=None) -> Trained:
-    """The checkpoint at `path` ready for inference, on `device` (default eval.device)."""
-    from fcos.checkpoint import load_model
+def trained_path(params: dict) -> Path:
+    """The checkpoint eval.checkpoint names."""
+    return CHECKPOINTS[params["eval"]["checkpoint"]]
+
+
+def load_trained(params: dict, path: Path | None = None, device=None) -> Trained:
+    """The checkpoint at `path` (default the one eval.checkpoint names) ready for inference, on `device`
+    (default eval.device). models/best.pt that no validation chose (its `best` record has no epoch) is refused."""
+    from fcos.checkpoint import load_checkpoint, model_from_checkpoint
     from fcos.engine import resolve_amp
     from fcos.inference import for_inference
 
     from .params import device_of
-    if not Path(path).is_file():
+    path = Path(path or trained_path(params))
+    if not path.is_file():
         raise UserError(f"{path}: not found; run `fcos-exp train` (or `dvc repro`) first")
     device = device or device_of(params, "eval")
-    model, classes = load_model(path, device)
+    ckpt = load_checkpoint(path, device)
+    best = ckpt.get("best") or {}
+    if path.resolve() == BEST_MODEL.resolve() and best.get("epoch") is None:
+        raise UserError(f"{path}: training recorded no validation {best.get('metric', 'value')}, so it holds the last "
+                        "epoch, not a best one: set train.eval_every > 0 (validation) and train again, or set "
+                        "eval.checkpoint: last")
+    model = model_from_checkpoint(ckpt, device)
     model.set_decoding(**params["decode"])
-    return Trained(for_inference(model, winograd=params["eval"]["winograd"]), classes, device,
+    return Trained(for_inference(model, winograd=params["eval"]["winograd"]), list(ckpt["classes"]), device,
                    resolve_amp(params["eval"]["amp"], device))

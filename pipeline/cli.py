@@ -134,7 +134,8 @@ def predict(inputs: Annotated[list[Path], typer.Argument(help="Image files or fo
                 help="Minimum score drawn and written: a number, or f1 for each class's F1-optimal threshold "
                      "(metrics/pr.json); default visualize.score_thresh.")] = None,
             model: Annotated[Optional[Path], typer.Option(help="A checkpoint (.pt) or an exported ONNX graph (.onnx, "
-                                                               "run by onnxruntime); default models/model.pt.")] = None,
+                                                               "run by onnxruntime); default the one eval.checkpoint "
+                                                               "names (models/model.pt or models/best.pt).")] = None,
             params: ParamsOpt = PARAMS):
     """Detect objects in images: annotated PNGs and detections.json in --out."""
     _run_stage("predict", params, inputs, out, score_thresh, model)

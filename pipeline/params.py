@@ -93,7 +93,8 @@ SCHEMA: dict[str, Any] = {
     "train": {"batch_size": number(1, 4096, integer=True), "device": _device},   # + TrainConfig.check
     "eval": {"batch_size": number(1, 4096, integer=True), "backend": choice("faster", "pycocotools"),
              "device": _device, "amp": choice("none", "auto", "fp16", "bf16"), "winograd": _winograd,
-             "confusion_thresh": _thresh, "voc_metric": _voc_metric, "worst_images": number(0, 1000, integer=True)},
+             "confusion_thresh": _thresh, "voc_metric": _voc_metric, "worst_images": number(0, 1000, integer=True),
+             "checkpoint": choice("last", "best")},
     "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": _thresh},
     "tracking": {"enabled": of_type(bool), "experiment": _experiment, "log_every": number(1, 100000, integer=True)},
     "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),
@@ -143,7 +144,15 @@ def validate(params: Any) -> list[str]:
     """Every problem of a full params dict, one 'section.key: problem' line each."""
     problems: list[str] = []
     _validate(params if params is not None else {}, SCHEMA, "", problems)
-    return problems
+    return problems or _across_sections(params)
+
+
+def _across_sections(params: dict) -> list[str]:
+    """Rules that join keys of different sections (checked once each key is valid on its own)."""
+    if params["eval"]["checkpoint"] == "best" and not params["train"]["eval_every"]:
+        return ["eval.checkpoint: best needs validation during training (the best epoch is the best validated "
+                "one): set train.eval_every > 0, or eval.checkpoint: last"]
+    return []
 
 
 def _count_nodes(node: Any, budget: list[int]) -> None:

@@ -8,7 +8,8 @@ PARAMS = Path("params.yaml")
 PREPARED = Path("data/prepared")              # {train,val,test}.json, summary.json, shapes/
 DATASET_PLOTS = Path("plots/dataset")         # dataset.png, objects_per_class.csv
 # train
-MODEL = Path("models/model.pt")               # the checkpoint
+MODEL = Path("models/model.pt")               # the last epoch's checkpoint (resumable)
+BEST_MODEL = Path("models/best.pt")           # the best validated epoch's weights (without validation: the last)
 TRAIN_LOCK = Path("models/.train.lock")       # one `fcos-exp train` per folder
 TRAIN_METRICS = Path("metrics/train.json")
 STEPS_CSV = Path("plots/train_steps.csv")     # per-step losses and lr (dvc plots)

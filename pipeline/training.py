@@ -16,9 +16,10 @@ from .paths import PREPARED
 
 
 def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, resume: bool = False,
-          eval_every: int | None = None) -> dict:
+          eval_every: int | None = None, best: Path | None = None) -> dict:
     """fit() on data/prepared/train.json, validating on val.json every `eval_every` epochs (default
-    train.eval_every), with `callbacks` and those FCOS_EXP_CALLBACKS names (pipeline/extra_callbacks.py).
+    train.eval_every), with `callbacks` and those FCOS_EXP_CALLBACKS names (pipeline/extra_callbacks.py);
+    `best`: where the best validated epoch's weights go (None: nowhere, as in tuning trials).
     Returns fit's result plus "num_images" and "classes"."""
     from fcos.data import build_loader
     from fcos.engine import fit, seed_everything
@@ -48,5 +49,5 @@ def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, 
     result = fit(model, loader, cfg, checkpoint_path=checkpoint, classes=train_ds.classes,
                  callbacks=[*callbacks, *extra_callbacks()],
                  val_loader=val_loader, val_gt=val_ds and PREPARED / "val.json",
-                 val_cat_ids=val_ds and val_ds.cat_ids, resume=resume, device=device)
+                 val_cat_ids=val_ds and val_ds.cat_ids, resume=resume, device=device, best_path=best)
     return {**result, "num_images": len(train_ds), "classes": train_ds.classes}

@@ -1,4 +1,5 @@
-"""Stage evaluate: COCO metrics of models/model.pt on the test split -> metrics/eval.json,
+"""Stage evaluate: COCO metrics of the checkpoint eval.checkpoint names (models/model.pt or models/best.pt) on
+the test split -> metrics/eval.json,
 plots/per_class_ap.csv. Under torchrun each rank scores its shard of the test images."""
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from fcos import distributed as dist
 from fcos.coco_eval import STAT_NAMES as STATS
 from fcos.files import atomic_write
 
-from ..artifacts import load_dataset, load_trained, write_json
+from ..artifacts import load_dataset, load_trained, trained_path, write_json
 from ..errors import UserError
-from ..paths import EVAL_METRICS, EVAL_PLOTS, MODEL, PER_CLASS_CSV, PR_METRICS, PREPARED
+from ..paths import EVAL_METRICS, EVAL_PLOTS, PER_CLASS_CSV, PR_METRICS, PREPARED
 from ..progress import bar
 from ..tracking import Tracker
 
@@ -42,7 +43,8 @@ def run(params: dict, console) -> dict:
         raise UserError(f"{PREPARED / 'test.json'}: the test split has no images, so there is nothing to evaluate "
                         "(check data.test_split and run `fcos-exp prepare`)")
     if test_ds.classes != classes:
-        raise UserError(f"{MODEL}: trained on classes {classes}, but the test split has {test_ds.classes}")
+        raise UserError(f"{trained_path(params)}: trained on classes {classes}, but the test split has "
+                        f"{test_ds.classes}")
     loader = build_loader(test_ds, params["eval"]["batch_size"], num_workers=params["data"]["num_workers"],
                           shard=True)
     with bar(console) as progress:
@@ -59,7 +61,8 @@ def run(params: dict, console) -> dict:
     result = {**{k: m[k] for k in STATS}, "per_class_AP50": m["per_class_AP50"], "per_class_AP": m["per_class_AP"],
               "inference_seconds": m["inference_seconds"], "model_seconds": m["model_seconds"],
               "data_seconds": m["data_seconds"], "metric_seconds": m["metric_seconds"],
-              "ms_per_image": m["ms_per_image"], "num_images": m["num_images"]}
+              "ms_per_image": m["ms_per_image"], "num_images": m["num_images"],
+              "checkpoint": params["eval"]["checkpoint"]}
     # TIDE errors, the worst images, VOC's metric and every metric's protocol (error_analysis.py).
     from ..error_analysis import analyse
     analysis = analyse(params, m, PREPARED / "test.json", test_ds.records)
@@ -74,6 +77,7 @@ def run(params: dict, console) -> dict:
     from ..eval_analysis import write_analysis
     pr = write_analysis(m, PREPARED / "test.json", params["eval"]["confusion_thresh"])
     with Tracker(params, new_run=False) as tracker:
+        tracker.set_tags({"eval_checkpoint": params["eval"]["checkpoint"]})   # which one the test/ metrics score
         tracker.log_metrics({"test/F1": pr["F1"], "test/F1_thresh": pr["f1_thresh"]})   # None is not logged
         tracker.log_artifact(PR_METRICS, "metrics")
         tracker.log_artifact(EVAL_PLOTS, "eval")

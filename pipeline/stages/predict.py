@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..artifacts import load_trained, write_text
 from ..errors import UserError
-from ..paths import MODEL, PR_METRICS
+from ..paths import PR_METRICS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -48,8 +48,8 @@ def output_names(files: list[Path], out_dir: Path) -> list[Path]:
 
 
 def detector(params: dict, model_path: Path | None):
-    """(detect: PIL image -> {"boxes", "scores", "labels"} numpy arrays, class names) for models/model.pt
-    (None), another checkpoint, or an exported .onnx graph run by onnxruntime."""
+    """(detect: PIL image -> {"boxes", "scores", "labels"} numpy arrays, class names) for the checkpoint
+    eval.checkpoint names (None), another checkpoint, or an exported .onnx graph run by onnxruntime."""
 
     from fcos.data import to_tensor
 
@@ -62,7 +62,7 @@ def detector(params: dict, model_path: Path | None):
         except ImportError:
             raise UserError("an .onnx model needs onnxruntime: pip install 'fcos-exp[export]'") from None
         return onnx, onnx.classes
-    trained = load_trained(params, model_path or MODEL)
+    trained = load_trained(params, model_path)
 
     def detect(image):
         return {k: (v.float() if v.is_floating_point() else v).cpu().numpy()
