@@ -7,7 +7,8 @@ from .run import Tracker
 
 
 class MlflowCallback(Callback):
-    """Per-step losses and lr (sent in batches every `every` steps), per-epoch summaries and validation.
+    """Per-step losses and lr (sent in batches every `every` steps and at an epoch's last step, so that a
+    checkpoint never holds steps MLflow lacks), per-epoch summaries and validation.
 
     A resumed training replays the steps (and possibly an epoch's end) between its checkpoint and where it
     stopped, identically; what the run already holds of them is not logged again."""
@@ -25,8 +26,8 @@ class MlflowCallback(Callback):
         s = state.global_step
         if s > self.logged_step:
             self.rows += [(f"train/{k}", v, s) for k, v in losses.items()] + [("train/lr", lr, s)]
-        if s % self.every == 0:
-            self.flush()
+        if s % self.every == 0 or state.step == state.steps_per_epoch - 1:   # an epoch's steps all sent before
+            self.flush()                                                       # its checkpoint is written
 
     def on_epoch_end(self, state, summary):
         self.flush()
