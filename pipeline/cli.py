@@ -180,10 +180,7 @@ def tune(trials: Annotated[Optional[int], typer.Option(min=1, help="Trials of th
         from .tuning import workers as pool
         if apply:
             record = study.apply_best(params)
-            console.print(f"{params}: set {', '.join(f'{k}={v}' for k, v in record['params'].items())} "
-                          f"(trial {record.get('trial')}, {record.get('metric')} {record.get('value')}"
-                          f"{' on a share of the images' if record.get('train_fraction', 1) < 1 else ''}); "
-                          "`dvc repro` trains it on the whole training split", markup=False)
+            console.print(study.applied_line(params, record), markup=False, highlight=False)
             return
         if threads is None and workers > 1:
             threads = pool.threads_per_worker(workers)

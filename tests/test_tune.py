@@ -73,6 +73,8 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
 
     r = run_cli("tune", "--apply")
     assert r.exit_code == 0, r.stderr
+    assert f"(trial {best['trial']}: AP50 {best['value']:.4f} on 50% of the training images; the params before, " \
+           f"trial 0: {best['baseline']['value']:.4f})" in r.stderr.replace("\n", " "), r.stderr
     from pipeline.params import load_params
     p = load_params("params.yaml")
     assert p["train"]["lr"] == best["params"]["train.lr"] and p["train"]["epochs"] == best["params"]["train.epochs"]
@@ -122,11 +124,12 @@ def test_workers_option_shares_the_cores_and_the_study(tune_project):
 
 
 @pytest.mark.slow
-def test_killed_worker_trial_is_retried_and_its_mlflow_run_ended(tune_project, tracking_uri):
+def test_killed_worker_trial_is_retried_and_its_mlflow_run_ended(tune_project, tracking_uri, reap):
     """Issue 31.8: a SIGKILLed worker's trial is failed and queued again by the next worker, and its nested
     MLflow run ends KILLED instead of staying RUNNING forever."""
     env, release = pause_env(tune_project, 1)
     w = worker(tune_project, 2, env=env)
+    reap(w)
     wait_paused(w, release)                            # the first trial is training, paused after step 1
     running = [t for t in journal_study(tune_project).get_trials() if t.state.name == "RUNNING"]
     assert len(running) == 1

@@ -26,20 +26,22 @@ def logged_project(project):
     return project
 
 
-def start(project, log, trials, env, *extra):
+def start(reap, project, log, trials, env, *extra):
     """`fcos-exp tune` with stdout and stderr to a file, SIGINT handled as in a terminal (a test run started
     in the background inherits it ignored)."""
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "--trials", str(trials), *extra],
-                            cwd=project, env={**env, "NO_COLOR": "1"}, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "--trials", str(trials), *extra],
+                         cwd=project, env={**env, "NO_COLOR": "1"}, stdout=log, stderr=subprocess.STDOUT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    reap(p)
+    return p
 
 
 @pytest.mark.slow
-def test_log_file_gets_a_line_per_epoch_and_per_trial_as_they_happen(logged_project):
+def test_log_file_gets_a_line_per_epoch_and_per_trial_as_they_happen(logged_project, reap):
     env, release = pause_env(logged_project, 3)      # trial 0, epoch 2 of 2
     log_path = logged_project / "tune.log"
     with open(log_path, "w") as log:
-        p = start(logged_project, log, 2, env)
+        p = start(reap, logged_project, log, 2, env)
         wait_paused(p, release)
         # While trial 0 trains its second epoch, its first is already in the file (flushed, not at the end).
         text = log_path.read_text()
@@ -58,11 +60,11 @@ def test_log_file_gets_a_line_per_epoch_and_per_trial_as_they_happen(logged_proj
 
 
 @pytest.mark.slow
-def test_sigterm_fails_and_requeues_the_running_trial_then_the_study_continues(logged_project, tracking_uri):
+def test_sigterm_fails_and_requeues_the_running_trial_then_the_study_continues(logged_project, tracking_uri, reap):
     env, release = pause_env(logged_project, 3)
     log_path = logged_project / "tune.log"
     with open(log_path, "w") as log:
-        p = start(logged_project, log, 2, env)
+        p = start(reap, logged_project, log, 2, env)
         wait_paused(p, release)
         p.send_signal(signal.SIGTERM)
         release.touch()                               # training goes on to its next step, and stops there
@@ -91,11 +93,11 @@ def test_sigterm_fails_and_requeues_the_running_trial_then_the_study_continues(l
 
 
 @pytest.mark.slow
-def test_sigint_to_the_parent_of_workers_stops_every_worker_cleanly(logged_project, tracking_uri):
+def test_sigint_to_the_parent_of_workers_stops_every_worker_cleanly(logged_project, tracking_uri, reap):
     env, release = pause_env(logged_project, 3)
     log_path = logged_project / "tune.log"
     with open(log_path, "w") as log:
-        p = start(logged_project, log, 4, env, "--workers", "2")
+        p = start(reap, logged_project, log, 4, env, "--workers", "2")
         reached = release.with_name(release.name + ".reached")
         wait_paused(p, release)                       # one worker is paused; the other may be at any point
         p.send_signal(signal.SIGINT)                  # the parent only: it forwards the stop to its workers

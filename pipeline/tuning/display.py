@@ -106,7 +106,7 @@ class LiveDisplay(Display):
     def start(self, study) -> None:
         super().start(study)
         self.live = Live(trials_table(study, self.epochs_default), console=self.console, refresh_per_second=1,
-                         transient=False)
+                         transient=True)   # the summary prints the whole table at the end
         self.live.start()
 
     def refresh(self) -> None:

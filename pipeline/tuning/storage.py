@@ -61,7 +61,6 @@ def storage_for(url: str | None, heartbeat: int, on_stale=None):
         check_journal_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
 
     def stale(study, trial):
         retry(study, trial)
@@ -70,6 +69,7 @@ def storage_for(url: str | None, heartbeat: int, on_stale=None):
     try:
         with warnings.catch_warnings():   # heartbeats are "experimental" in Optuna; they are what we want
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
             return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=heartbeat * 3,
                               heartbeat_stale_trial_callback=stale)
     except Exception as e:  # SQLAlchemy raises many kinds for unreachable servers, bad URLs, missing drivers

@@ -86,6 +86,18 @@ def apply_best(params_path: Path) -> dict:
     return record
 
 
+def applied_line(params_path, record: dict) -> str:
+    """What `--apply` did, with the best trial's value beside trial 0's (the params before)."""
+    values = ", ".join(f"{k}={v}" for k, v in record["params"].items())
+    fraction = record.get("train_fraction", 1)
+    base = record.get("baseline")
+    return (f"{params_path}: set {values} (trial {record.get('trial')}: {record.get('metric')} "
+            f"{record.get('value', float('nan')):.4f}"
+            + (f" on {fraction:.0%} of the training images" if fraction < 1 else "")
+            + (f"; the params before, trial {base['trial']}: {base['value']:.4f}" if base else "")
+            + "); `dvc repro` trains it on the whole training split")
+
+
 def make_pruner(kind: str):
     """Steps are percent of a trial's schedule (objective.py): judged from PRUNE_FROM %, best 1/REDUCTION on."""
     import optuna

@@ -66,7 +66,7 @@ def run_workers(params_path: str, display, s, parent_run: str | None, workers: i
             relays.append(threading.Thread(target=relay, args=(i, p), daemon=True))
             relays[-1].start()
         while any(p.poll() is None for p in procs):
-            time.sleep(0.5)
+            time.sleep(1)
             display.refresh()
         for r in relays:
             r.join(timeout=5)
