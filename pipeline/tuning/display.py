@@ -56,8 +56,11 @@ def trials_table(study, epochs_default: int, last: int | None = 25) -> Table:
             state = f"{state} {progress(t, epochs_default)}".strip()
         if t.user_attrs.get("baseline"):
             state += " (defaults)"
+        if "retry_of" in t.user_attrs:
+            state += f" (retry of {t.user_attrs['retry_of']})"
         value = t.value if t.value is not None else t.intermediate_values.get(t.last_step) if t.last_step else None
-        table.add_row(str(t.number), short_params(t.params), "-" if value is None else f"{value:.4f}", state,
+        params = t.params or t.system_attrs.get("fixed_params", {})   # a queued trial: the params it will run
+        table.add_row(str(t.number), short_params(params), "-" if value is None else f"{value:.4f}", state,
                       "-" if secs is None else f"{secs:.0f}")
     return table
 

@@ -92,6 +92,7 @@ class Objective:
                 tracker.set_tags({"optuna_state": "FAIL", "stopped_by": str(e)})
                 tracker.status = "KILLED"
                 requeue(self.study, trial)
+                self.display.line(f"trial {trial.number} stopped by {e}: marked FAIL, its params queued again")
                 raise
             except UserError:
                 tracker.set_tags({"optuna_state": "FAIL"})
