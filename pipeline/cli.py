@@ -185,17 +185,45 @@ def tune(trials: Annotated[Optional[int], typer.Option(min=1, help="Trials of th
                                                        )] = None,
          storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file or an RDB URL.")] = None,
          study_name: Annotated[Optional[str], typer.Option(help="Study name (default tune.study_name).")] = None,
+         workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine, sharing the study "
+                                                          "and the cores.")] = 1,
+         threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: the cores "
+                                                                    "divided by --workers; 1 worker: torch's own).")
+                            ] = None,
          apply: Annotated[bool, typer.Option("--apply", help="Write the best params found into --params.")] = False,
+         worker_of: Annotated[Optional[str], typer.Option(hidden=True)] = None,
+         worker_index: Annotated[int, typer.Option(hidden=True)] = 0,
          params: ParamsOpt = PARAMS):
-    """Search the training configuration with Optuna (TPE + pruning); every trial is a nested MLflow run."""
+    """Search the training configuration with Optuna (TPE + pruning); every trial is a nested MLflow run.
+    Running it again continues the study; SIGINT/SIGTERM stop it cleanly (the running trial is queued again)."""
     with _user_errors():
         p, console = _setup(params)
-        from .tuning.study import apply_best, run_study
+        from .tuning import signals, study
+        from .tuning import workers as pool
         if apply:
-            best = apply_best(params)
-            console.print(f"{params}: set {', '.join(f'{k}={v}' for k, v in best.items())}; `dvc repro` reproduces it")
+            record = study.apply_best(params)
+            console.print(study.applied_line(params, record), markup=False, highlight=False)
             return
-        run_study(p, console, trials, storage, study_name)
+        if threads is None and workers > 1:
+            threads = pool.threads_per_worker(workers)
+        if threads is not None:
+            pool.set_threads(threads)
+        try:
+            if worker_of is not None:   # one of the processes of --workers (tuning/workers.py)
+                from .tuning.display import Display
+                display = Display(console, p["tune"]["metric"], p["train"]["epochs"])
+                result = study.run_worker(p, display, trials, storage, study_name,
+                                          None if worker_of == "-" else worker_of, worker_index)
+            else:
+                result = study.run_study(p, console, trials, storage, study_name, str(params), workers, threads)
+        except signals.Interrupted as e:   # a second signal: stopped at once
+            typer.echo(f"stopped by {e}; run the same command again to continue the study", err=True)
+            raise typer.Exit(128 + e.signum) from None
+        if result.get("interrupted"):
+            import signal
+            raise typer.Exit(128 + signal.Signals[result["interrupted"]].value)
+        if result.get("worker_errors"):
+            raise typer.Exit(1)
 
 
 @app.command()
