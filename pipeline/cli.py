@@ -38,6 +38,8 @@ def _user_errors(interrupted: str = "interrupted"):
         for line in message.splitlines():
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(getattr(e, "code", 2) if isinstance(e, UserError) else 2) from None
+    except typer.Exit:   # a command's own exit code
+        raise
     except Exception as e:
         if os.environ.get("FCOS_EXP_DEBUG"):
             raise
