@@ -31,16 +31,3 @@ def test_a_wrong_name_is_one_line(monkeypatch, spec, says):
         extra_callbacks()
     assert "\n" not in str(e.value) and ENV in str(e.value)
 
-
-def test_a_bug_is_reported_as_one_line_that_says_so_and_a_commands_exit_code_passes():
-    """An unexpected exception inside a command is a bug: one line saying so, exit 1; typer.Exit(n) from a
-    command keeps its code."""
-    import typer
-
-    from pipeline.cli import _user_errors
-    with pytest.raises(typer.Exit) as e, _user_errors():
-        {}["missing"]
-    assert e.value.exit_code == 1
-    with pytest.raises(typer.Exit) as e, _user_errors():
-        raise typer.Exit(143)
-    assert e.value.exit_code == 143
