@@ -78,7 +78,7 @@ def export_onnx(model: FCOS, path: str | Path, classes: list[str], example_size:
     conventions). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = DetectionGraph(model)
+    graph = DetectionGraph(model).eval()
     image = torch.rand(3, *example_size)
     dims = {1: torch.export.Dim("height", min=2, max=16384), 2: torch.export.Dim("width", min=2, max=16384)}
     with torch.no_grad(), warnings.catch_warnings():   # torchvision's nms registration uses a deprecated name
