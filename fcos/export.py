@@ -29,8 +29,11 @@ from .model import FCOS
 from .winograd import WinogradConv2d
 
 OPSET = 18
-INPUTS, OUTPUTS = ("image",), ("boxes", "scores", "labels")
-BOX_TOL, SCORE_TOL = 0.5, 1e-4   # the most onnxruntime's detections may differ from PyTorch's (pixels, score)
+INPUTS = ("image",)
+OUTPUTS = ("boxes", "scores", "labels")
+# The most onnxruntime's detections may differ from PyTorch's on the CPU: box coordinates (pixels), scores.
+BOX_TOL = 0.5
+SCORE_TOL = 1e-4
 
 
 def _direct_convs(module: nn.Module) -> None:

@@ -29,7 +29,7 @@ def classwise_nms(boxes: Tensor, scores: Tensor, groups: Tensor, thresh: float, 
     keep = torch.zeros_like(scores, dtype=torch.bool)
     for g in ids:
         idx = torch.where(groups == g)[0]
-        keep[idx[nms(boxes[idx], scores[idx], thresh)]] = True
+        keep.scatter_(0, idx[nms(boxes[idx], scores[idx], thresh)], True)
     kept = torch.where(keep)[0]
     return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
 
