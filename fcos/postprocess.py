@@ -26,11 +26,11 @@ def classwise_nms(boxes: Tensor, scores: Tensor, groups: Tensor, thresh: float, 
     so every IoU is the float32 value torchvision's and onnxruntime's NMS kernels both compute. Returns the
     indices kept, by decreasing score, equal scores in candidate order. boxes [N, 4]; scores, groups [N];
     ids: the groups to visit (those present, or every possible one where the values cannot be read)."""
-    keep = torch.zeros_like(scores, dtype=torch.bool)
+    parts = [groups.new_zeros(0)]
     for g in ids:
         idx = torch.where(groups == g)[0]
-        keep.scatter_(0, idx[nms(boxes[idx], scores[idx], thresh)], True)
-    kept = torch.where(keep)[0]
+        parts.append(idx[nms(boxes[idx], scores[idx], thresh)])
+    kept = torch.sort(torch.cat(parts)).values   # candidate order, then a stable sort by score
     return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
 
 
