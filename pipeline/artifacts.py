@@ -15,6 +15,7 @@ TRAIN_METRICS = Path("metrics/train.json")    # train
 STEPS_CSV = Path("plots/train_steps.csv")     # train: per-step losses and lr (dvc plots)
 EVAL_METRICS = Path("metrics/eval.json")      # evaluate
 PER_CLASS_CSV = Path("plots/per_class_ap.csv")   # evaluate (dvc plots)
+TEST_DETECTIONS = Path("metrics/detections.json.gz")   # evaluate: the test detections (pipeline/detections.py)
 FIGURES = Path("plots/figures")               # visualize: curves, per-class AP
 DETECTIONS = Path("plots/detections")         # visualize: detection images and mosaic.png
 

@@ -56,6 +56,9 @@ def run(params: dict, console) -> dict:
               "inference_seconds": m["inference_seconds"], "model_seconds": m["model_seconds"],
               "data_seconds": m["data_seconds"], "metric_seconds": m["metric_seconds"],
               "ms_per_image": m["ms_per_image"], "num_images": m["num_images"]}
+    # The detections themselves (metrics/detections.json.gz), the hash of the test data, AP/AP50 standard errors.
+    from ..detections import ARTIFACT_FOLDER, GT_TAG, TEST_DETECTIONS, keep_detections
+    result.update(keep_detections(m["detections"], PREPARED / "test.json", console))
     write_json(EVAL_METRICS, result)
     with atomic_write(PER_CLASS_CSV) as f:
         w = csv.writer(f)
@@ -75,6 +78,8 @@ def run(params: dict, console) -> dict:
                            "AP": [m["per_class_AP"].get(c) for c in classes]}, "eval/per_class_ap.json")
         tracker.log_table({"metric": STATS, "value": [m[k] for k in STATS]}, "eval/map_table.json")
         tracker.log_artifact(EVAL_METRICS, "metrics")
+        tracker.set_tags({GT_TAG: result[GT_TAG]})
+        tracker.log_artifact(TEST_DETECTIONS, ARTIFACT_FOLDER)
     Console().print(map_table(result))   # data on stdout, logs on stderr
     console.print(f"{m['num_images']} images: {m['inference_seconds']:.1f} s inference ({m['ms_per_image']:.1f} "
                   f"ms/image for the model, amp {m['amp']}), {m['metric_seconds']:.2f} s COCO eval")
