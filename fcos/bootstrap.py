@@ -85,6 +85,8 @@ def match_table(gt, detections: np.ndarray) -> MatchTable:
     category_id (as fcos.coco_eval.coco_evaluate takes them)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
+    if isinstance(gt, dict):   # COCOeval writes "ignore" into the annotations: leave the caller's as they are
+        gt = {**gt, "annotations": [dict(a) for a in gt["annotations"]]}
     with _gc_paused():
         coco_gt = gt if hasattr(gt, "getCatIds") else load_gt(gt, "pycocotools")
         coco_dt = _results(coco_gt, COCO, np.asarray(detections, np.float64).reshape(-1, 7))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -42,8 +43,14 @@ def seed_groups(rows: list) -> list[list]:
     return list(groups.values())
 
 
+def first(rows: list):
+    """The run that names a group: its oldest."""
+    return min(rows, key=lambda r: r.start)
+
+
 def label(rows: list) -> str:
-    r = rows[0]
+    """A run's name and id; a group by its first run."""
+    r = first(rows)
     return f"{r.name} ({r.run_id[:8]})" if len(rows) == 1 else f"{r.name} + {len(rows) - 1} seed repeats"
 
 
@@ -116,11 +123,11 @@ class Replicator:
         return self.done[row.run_id]
 
     def side(self, rows: list) -> Replicates:
-        reps = [self.run(r) for r in rows]
-        if len(reps) == 1:
-            return reps[0]
-        ids = hashlib.sha256(",".join(sorted(r.run_id for r in rows)).encode()).hexdigest()
-        return pool(reps, [self.seed, int(ids[:8], 16)])
+        rows = sorted(rows, key=lambda r: r.run_id)   # the same group pools the same way, in whatever order
+        if len(rows) == 1:
+            return self.run(rows[0])
+        ids = hashlib.sha256(",".join(r.run_id for r in rows).encode()).hexdigest()
+        return pool([self.run(r) for r in rows], [self.seed, int(ids[:8], 16)])
 
 
 def spread(r: Replicates, key: str) -> float | None:
@@ -185,6 +192,7 @@ def run(params: dict, console, a: str, b: str, seeds: bool = False, resamples: i
     from .report.build import fetch_rows, search_all
     from .tracking import reader
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # stderr: our lines only
     resamples = RESAMPLES if resamples is None else resamples
     seed = SEED if seed is None else seed
     name = experiment or params["tracking"]["experiment"]
@@ -204,6 +212,8 @@ def run(params: dict, console, a: str, b: str, seeds: bool = False, resamples: i
     result = {"A": _side_json(sides["A"]), "B": _side_json(sides["B"]), "test_gt_sha256": sha,
               "images": reps["A"].n_images, "resamples": resamples, "seed": seed, "level": LEVEL, "method": METHOD,
               "metrics": rows_out}
+    console.print(f"A: {label(sides['A'])}; B: {label(sides['B'])}; {result['images']} test images of test data "
+                  f"{sha[:12]}")
     for k in ("A", "B"):
         extra = len(groups[id(picked[k])]) - 1
         if not seeds and extra:
@@ -211,15 +221,14 @@ def run(params: dict, console, a: str, b: str, seeds: bool = False, resamples: i
     if as_json:
         print(json.dumps(result, indent=2))
         return result
-    table = Table(title=f"B - A over {result['images']} test images ({resamples} resamples, seed {seed}, "
-                        f"{LEVEL:.0%} interval)")
+    table = Table(title=f"B - A, {LEVEL:.0%} interval ({resamples} resamples, seed {seed})")
     for col in ("metric", "A", "B", "B - A", f"{LEVEL:.0%} CI", "verdict"):
         table.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
     for m in rows_out:
         table.add_row(m["metric"], value_text(m["a"], m["a_std"], m["a_n"]), value_text(m["b"], m["b_std"], m["b_n"]),
                       fmt(m["diff"], sign=True), interval_text(m["lo"], m["hi"]), m["verdict"] or "n/a")
-    console.print(f"A: {label(sides['A'])}; B: {label(sides['B'])}; test data {sha[:12]} ({METHOD})")
     Console().print(table)
+    console.print(f"{METHOD}; within noise: the interval holds 0; n/a: no test object of the class")
     return result
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from fcos.bootstrap import A_BETTER, B_BETTER, LEVEL, RESAMPLES, SEED, interval
 
-from ..compare import METHOD, TEST_GT, Replicator, comparison, label, load_split, no_detections, seed_groups
+from ..compare import METHOD, TEST_GT, Replicator, comparison, first, label, load_split, no_detections, seed_groups
 from ..detections import GT_TAG
 from .build import LOWER_IS_BETTER
 from .sections import AP_COLUMNS, MISSING, num
@@ -105,6 +105,10 @@ def _why(rows: list, sha: str) -> str:
     return f"was scored on other test data ({rows[0].tags[GT_TAG][:12]}, here {sha[:12]})"
 
 
+def _name(g: Group) -> str:
+    return g.rows[0].name if len(g.rows) == 1 else label(g.rows)
+
+
 def _cell(group: Group, key: str, digits: int = 3) -> str:
     v, s = group.value(key), group.std(key)
     return num(v, digits) if s is None else f"{num(v, digits)} ± {num(s, digits)}"
@@ -126,15 +130,15 @@ def leaderboard(ctx: dict) -> dict:
             f"{metric} {LEVEL:.0%} CI", "status"]
     rows, classes = [], []
     for g in ctx["groups"]:
-        first = g.rows[0]
+        one = first(g.rows)
         lo, hi, used = intervals.get(id(g), (None, None, 0))
         ci = MISSING if lo is None else f"[{lo:.3f}, {hi:.3f}]" + (f" ({used} of {len(g.rows)})"
                                                                    if used < len(g.rows) else "")
-        rows.append([first.name if len(g.rows) == 1 else label(g.rows), ", ".join(r.run_id[:8] for r in g.rows),
-                     first.params.get("model.backbone", MISSING), first.params.get("train.lr", MISSING),
-                     first.params.get("train.epochs", MISSING), *(_cell(g, c) for c in AP_COLUMNS),
+        rows.append([_name(g), ", ".join(r.run_id[:8] for r in g.rows),
+                     one.params.get("model.backbone", MISSING), one.params.get("train.lr", MISSING),
+                     one.params.get("train.epochs", MISSING), *(_cell(g, c) for c in AP_COLUMNS),
                      _cell(g, "train_seconds", 1), _cell(g, "ms_per_image", 1), str(len(g.rows)), ci, _status(g)])
-        failed = len(g.rows) == 1 and first.status in ("FAILED", "KILLED")
+        failed = len(g.rows) == 1 and one.status in ("FAILED", "KILLED")
         classes.append("best" if ctx["best"] in g.rows else "failed" if failed else "")
     return {"kind": "table", "id": "leaderboard", "head": head, "rows": rows, "classes": classes}
 
@@ -160,12 +164,12 @@ def paired_blocks(ctx: dict) -> list[dict]:
         f"`fcos-exp compare A B` gives the same numbers for two runs (--seeds for groups).")})
     if not p["paired"]:
         return blocks + [{"kind": "p", "text": "No other run to compare."}]
-    head = ["run", "id", "seeds", "ΔAP [CI]", "AP", "ΔAP50 [CI]", "AP50"]
+    head = ["run", "id", "seeds", f"ΔAP [{LEVEL:.0%} CI]", "verdict AP", f"ΔAP50 [{LEVEL:.0%} CI]", "verdict AP50"]
     rows, per_class = [], []
     for g, result in p["paired"]:
-        ident = [label(g.rows) if len(g.rows) > 1 else g.rows[0].name, g.rows[0].run_id[:8], str(len(g.rows))]
+        ident = [_name(g), first(g.rows).run_id[:8], str(len(g.rows))]
         if isinstance(result, str):
-            rows.append([*ident, MISSING, result, MISSING, result])
+            rows.append([*ident, MISSING, result, MISSING, MISSING])
             continue
         by = {m["metric"]: m for m in result}
         rows.append([*ident, _diff_text(by["AP"]), by["AP"]["verdict"] or MISSING,
