@@ -48,18 +48,20 @@ def log_run(client, experiment_id: str, name: str, params: dict, gt: dict, det: 
             tags: dict | None = None) -> str:
     """A finished MLflow run as the pipeline's evaluate leaves it, without a model: params (as Tracker logs
     them), the test-data hash tag, test/AP, test/AP50 and per-class AP50 of `det` on `gt`, and the detections
-    artifact. Returns the run id."""
+    artifact, and the standard errors of AP and AP50 (200 resamples). Returns the run id."""
     from pathlib import Path
 
     from mlflow.entities import Metric, Param
 
-    from fcos.bootstrap import bootstrap, gt_hash, match_table
+    from fcos.bootstrap import bootstrap, gt_hash, match_table, standard_errors
     from pipeline.artifacts import TEST_DETECTIONS
-    from pipeline.detections import ARTIFACT_FOLDER, GT_TAG, write_detections
+    from pipeline.detections import ARTIFACT_FOLDER, GT_TAG, SE_METRICS, write_detections
 
     run_id = client.create_run(experiment_id, run_name=name, tags={GT_TAG: gt_hash(gt), **(tags or {})}).info.run_id
-    full = bootstrap(match_table(gt, det), 2).full
-    metrics = [Metric(f"test/{k}", v, 0, 0) for k, v in full.items() if v is not None]
+    replicates = bootstrap(match_table(gt, det), 200)
+    se = standard_errors(replicates)
+    metrics = [Metric(f"test/{k}", v, 0, 0) for k, v in replicates.full.items() if v is not None]
+    metrics += [Metric(f"test/{k}_se", se[k], 0, 0) for k in SE_METRICS]
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=metrics)
     path = Path(folder) / run_id / TEST_DETECTIONS.name
     write_detections(path, det)
