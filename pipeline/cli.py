@@ -229,13 +229,15 @@ def seeds(n: Annotated[int, typer.Argument(min=1, help="How many seeds: train.se
           first: Annotated[int, typer.Option(help="The first seed.")] = 0,
           queue: Annotated[bool, typer.Option("--queue", help="Only queue the experiments (`dvc queue start` or "
                                                               "`dvc exp run --run-all` runs them).")] = False,
-          name: Annotated[Optional[str], typer.Option(help="Name the experiments NAME-seed<k>.")] = None):
+          name: Annotated[Optional[str], typer.Option(help="Name the experiments NAME-seed<k>.")] = None,
+          set_values: Annotated[Optional[list[str]], typer.Option(
+              "--set", "-S", help="KEY=VALUE on top of params.yaml (repeatable), as `dvc exp run -S`.")] = None):
     """Run the configuration of params.yaml (committed or not) with N seeds as DVC experiments, one after another
     in temporary folders (the workspace is left as it is); `fcos-exp compare --seeds` and the report pool them."""
     with _user_errors():
         from .progress import stderr_console
         from .seeds import run_seeds
-        run_seeds(n, first, queue, name, stderr_console())
+        run_seeds(n, first, queue, name, stderr_console(), set_values or [])
 
 
 def main() -> None:

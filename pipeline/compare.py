@@ -36,11 +36,20 @@ def seed_key(row) -> tuple:
 
 
 def seed_groups(rows: list) -> list[list]:
-    """The rows grouped by seed_key, groups and members in the order given."""
-    groups: dict[tuple, list] = {}
+    """The rows grouped by seed_key, groups and members in the order given; of the runs of one seed only the
+    newest counts (a configuration run again with the same seed measures nothing new)."""
+    groups: dict[tuple, dict] = {}
     for r in rows:
-        groups.setdefault(seed_key(r), []).append(r)
-    return list(groups.values())
+        seeds = groups.setdefault(seed_key(r), {})
+        seed = r.params.get(SEED_PARAM)
+        if seed not in seeds or r.start > seeds[seed].start:
+            seeds[seed] = r
+    kept = {id(r) for g in groups.values() for r in g.values()}
+    order: dict[tuple, list] = {}
+    for r in rows:
+        if id(r) in kept:
+            order.setdefault(seed_key(r), []).append(r)
+    return list(order.values())
 
 
 def first(rows: list):
@@ -200,8 +209,8 @@ def run(params: dict, console, a: str, b: str, seeds: bool = False, resamples: i
     exp = client.get_experiment_by_name(name)
     rows = fetch_rows(search_all(client, exp.experiment_id), None, None, None) if exp else []
     picked = {"A": resolve(rows, a, name), "B": resolve(rows, b, name)}
-    groups = {id(r): g for g in seed_groups(rows) for r in g}
-    sides = {k: [m for m in groups[id(r)] if not no_detections(m)] or [r] if seeds else [r]
+    groups = {seed_key(g[0]): g for g in seed_groups(rows)}
+    sides = {k: [m for m in groups[seed_key(r)] if not no_detections(m)] or [r] if seeds else [r]
              for k, r in picked.items()}
     sha = common_split(sides)
     split = load_split()
@@ -215,7 +224,7 @@ def run(params: dict, console, a: str, b: str, seeds: bool = False, resamples: i
     console.print(f"A: {label(sides['A'])}; B: {label(sides['B'])}; {result['images']} test images of test data "
                   f"{sha[:12]}")
     for k in ("A", "B"):
-        extra = len(groups[id(picked[k])]) - 1
+        extra = len(groups[seed_key(picked[k])]) - 1
         if not seeds and extra:
             console.print(f"{k} has {extra} seed repeats: --seeds compares the groups")
     if as_json:

@@ -16,8 +16,16 @@ from .compare import SEED_PARAM
 from .errors import UserError
 
 
-def seed_commands(n: int, first: int = 0, queue: bool = False, name: str | None = None) -> list[list[str]]:
-    return [["dvc", "exp", "run", "--queue" if queue else "--temp", "-S", f"{SEED_PARAM}={k}",
+def seed_commands(n: int, first: int = 0, queue: bool = False, name: str | None = None,
+                  values: list[str] = ()) -> list[list[str]]:
+    """One `dvc exp run` per seed; `values`: KEY=VALUE overrides for every one of them."""
+    for v in values:
+        if "=" not in v or v.startswith("="):
+            raise UserError(f"--set must look like key=value, got {v!r}")
+        if v.split("=", 1)[0].split(":")[-1] == SEED_PARAM:
+            raise UserError(f"--set {v}: the seeds are N and --first")
+    sets = [a for v in values for a in ("-S", v)]
+    return [["dvc", "exp", "run", "--queue" if queue else "--temp", *sets, "-S", f"{SEED_PARAM}={k}",
              *(["-n", f"{name}-seed{k}"] if name else [])] for k in range(first, first + n)]
 
 
@@ -30,13 +38,13 @@ def _stderr():
         return None
 
 
-def run_seeds(n: int, first: int, queue: bool, name: str | None, console) -> None:
+def run_seeds(n: int, first: int, queue: bool, name: str | None, console, values: list[str] = ()) -> None:
     if shutil.which("dvc") is None:
         raise UserError("dvc: not found on PATH; `pip install -e .` installs it")
     if not Path("dvc.yaml").is_file():
         raise UserError("dvc.yaml: not found; run `fcos-exp seeds` in the project folder")
     out = _stderr()
-    commands = seed_commands(n, first, queue, name)
+    commands = seed_commands(n, first, queue, name, values)
     for done, cmd in enumerate(commands):
         console.print(f"$ {shlex.join(cmd)}")
         sys.stderr.flush()
@@ -49,4 +57,4 @@ def run_seeds(n: int, first: int, queue: bool, name: str | None, console) -> Non
         console.print(f"queued {n} experiments ({seeds}): `dvc exp run --run-all` (or `dvc queue start`) runs them")
     else:
         console.print(f"ran {n} experiments ({seeds}): the report shows them as one row; "
-                      "`fcos-exp compare --seeds A B` compares two such groups")
+                      "`fcos-exp compare --seeds A B` compares two such groups (A, B: any run of each)")

@@ -9,7 +9,18 @@ from dataclasses import dataclass
 
 from fcos.bootstrap import A_BETTER, B_BETTER, LEVEL, RESAMPLES, SEED, interval
 
-from ..compare import METHOD, TEST_GT, Replicator, comparison, first, label, load_split, no_detections, seed_groups
+from ..compare import (
+    METHOD,
+    TEST_GT,
+    Replicator,
+    comparison,
+    first,
+    label,
+    load_split,
+    no_detections,
+    seed_groups,
+    seed_key,
+)
 from ..detections import GT_TAG
 from .build import LOWER_IS_BETTER
 from .sections import AP_COLUMNS, MISSING, num
@@ -64,7 +75,7 @@ def paired_context(client, groups: list[Group], baseline, sort_by: str, resample
     resamples = RESAMPLES if resamples is None else resamples
     seed = SEED if seed is None else seed
     metric = sort_by if sort_by in BOOTSTRAPPED else "AP50"
-    base = next((g for g in groups if baseline in g.rows), None)
+    base = next((g for g in groups if baseline is not None and seed_key(g.rows[0]) == seed_key(baseline)), None)
     out = {"note": None, "intervals": {}, "paired": [], "baseline": base, "metric": metric, "resamples": resamples,
            "seed": seed, "images": None}
     split = load_split()
