@@ -48,7 +48,8 @@ def test_compare_page_shows_the_standard_errors(tmp_path, monkeypatch):
             for name, lr, q in (("lr-a", 0.002, 0.6), ("lr-b", 0.004, 0.8))]
 
     port = free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}        # no background job workers (7 processes)
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host",
                                "127.0.0.1", "--port", str(port), "--workers", "1"], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
