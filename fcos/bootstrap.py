@@ -36,7 +36,7 @@ SEED = 0
 LEVEL = 0.95
 MAX_DETS = 100       # COCO's AP: 100 detections per image
 WITHIN_NOISE, B_BETTER, A_BETTER = "within noise", "B better", "A better"
-_CHUNK = 4_000_000   # resamples x detections of one class handled at once (bounded memory)
+_CHUNK = 4_000_000   # resamples x detections (or images) of one class handled at once (bounded memory)
 
 
 def gt_hash(gt: dict) -> str:
@@ -137,34 +137,52 @@ def _min_counts(npig: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.take_along_axis(cands, ok.argmax(-1)[..., None], -1)[..., 0].astype(np.int64)
 
 
-def _class_ap(m: ClassMatches, weights: np.ndarray, npig: np.ndarray, recall_thr: np.ndarray) -> np.ndarray:
-    """[b, T]: the class's precision averaged over the recall thresholds at each IoU threshold, with every
-    detection counted `weights` [b, n] times; NaN where npig [b] is 0 (COCOeval's -1)."""
-    b, n_thr = len(weights), m.tp.shape[0]
+def _prefix(counts: np.ndarray, image: np.ndarray, upto: np.ndarray) -> np.ndarray:
+    """[b, U] int: per resample, how many detections (each counted as often as its image was drawn) are
+    ranked at or before each position of `upto` (ascending): a matmul with per-image counts [I, U] where that
+    is cheaper, else a cumulative sum over the detections up to the last position."""
+    n_images = counts.shape[1]
+    if n_images * len(upto) <= 4 * (upto[-1] + 1):
+        segment = np.searchsorted(upto, np.arange(upto[-1] + 1))          # the first position at or after each
+        per_image = np.bincount(image[:upto[-1] + 1] * len(upto) + segment,
+                                minlength=n_images * len(upto)).reshape(n_images, len(upto))
+        return np.cumsum(counts @ per_image, axis=1)
+    return np.cumsum(counts[:, image[:upto[-1] + 1]], axis=1)[:, upto]
+
+
+def _class_ap(m: ClassMatches, counts: np.ndarray, npig: np.ndarray, recall_thr: np.ndarray) -> np.ndarray:
+    """[b, T]: the class's precision averaged over the recall thresholds at each IoU threshold, every
+    detection counted as often as its image is in the resample (counts [b, I]); NaN where npig [b] is 0
+    (COCOeval's -1). Only the true positives' points are computed (see the module's docstring)."""
+    b, n_thr = len(counts), m.tp.shape[0]
     out = np.zeros((b, n_thr))
     out[npig == 0] = np.nan
-    if m.tp.shape[1] == 0:
-        return out
-    cum_all = np.cumsum(weights, axis=1)                                             # [b, n]
-    need = _min_counts(npig, recall_thr)                                             # [b, R]
+    points = np.flatnonzero(m.tp.any(axis=0))                      # true positives at some IoU threshold
+    if len(points) == 0:
+        return out                                                 # precision 0 wherever there are objects
+    ranked = _prefix(counts, m.image, points)                      # [b, U]: detections up to each point
+    unique, inverse = np.unique(npig, return_inverse=True)
+    need = _min_counts(unique, recall_thr)[inverse]                # [b, R]
     rows = np.arange(b)[:, None]
+    span = int(npig.max()) + 2
     for t in range(n_thr):
         pos = np.flatnonzero(m.tp[t])
         if len(pos) == 0:
-            continue                                                                 # no TP: precision 0
-        tp = np.cumsum(weights[:, pos], axis=1)                                      # [b, P]
-        fp = cum_all[:, pos] - tp
-        ig_pos = np.flatnonzero(m.ignored[t])
-        if len(ig_pos):
-            ig_cum = np.concatenate([np.zeros((b, 1), weights.dtype), np.cumsum(weights[:, ig_pos], axis=1)], 1)
-            fp -= ig_cum[:, np.searchsorted(ig_pos, pos)]
+            continue                                               # no TP: precision 0
+        tp = np.cumsum(counts[:, m.image[pos]], axis=1)            # [b, P]
+        fp = ranked[:, np.searchsorted(points, pos)] - tp
+        ig_pos = np.flatnonzero(m.ignored[t][:pos[-1] + 1])
+        if len(ig_pos):                                            # matched to crowd / ignored boxes: neither
+            ig = np.concatenate([np.zeros((b, 1), counts.dtype), np.cumsum(counts[:, m.image[ig_pos]], axis=1)], 1)
+            fp -= ig[:, np.searchsorted(ig_pos, pos)]
         tp_f = tp.astype(np.float64)
         precision = tp_f / (fp.astype(np.float64) + tp_f + np.spacing(1))
         envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-        # first point whose tp count reaches `need`, row by row: one searchsorted over rows made disjoint
-        span = int(npig.max()) + 2
-        flat = (tp + rows * span).ravel()
-        idx = np.searchsorted(flat, (need + rows * span).ravel(), side="left").reshape(need.shape) - rows * tp.shape[1]
+        # the first point whose tp count reaches `need` (searchsorted, side left) = the number of points below
+        # it: counted from a histogram of the tp counts per row (tp <= npig < span)
+        below = np.zeros((b, span + 1), np.int64)
+        below[:, 1:] = np.cumsum(np.bincount((tp + rows * span).ravel(), minlength=b * span).reshape(b, span), 1)
+        idx = np.take_along_axis(below, np.minimum(need, span), axis=1)
         q = np.where(idx < tp.shape[1], envelope[rows, np.minimum(idx, tp.shape[1] - 1)], 0.0)
         out[:, t] = np.where(npig > 0, q.mean(axis=1), np.nan)
     return out
@@ -178,10 +196,9 @@ def resample_metrics(table: MatchTable, counts: np.ndarray) -> dict[str, np.ndar
     per_class = np.full((len(counts), len(table.classes), n_thr), np.nan)
     for k, m in enumerate(table.matches):
         npig = counts @ table.npig[:, k]
-        step = max(1, _CHUNK // max(1, len(m.image)))
+        step = max(1, _CHUNK // max(1, len(m.image), table.n_images))
         for s in range(0, len(counts), step):
-            c = counts[s:s + step]
-            per_class[s:s + step, k] = _class_ap(m, c[:, m.image], npig[s:s + step], table.recall_thresholds)
+            per_class[s:s + step, k] = _class_ap(m, counts[s:s + step], npig[s:s + step], table.recall_thresholds)
     with _no_empty_warning():
         out = {"AP": np.nanmean(per_class.mean(axis=2), axis=1), "AP50": np.nanmean(per_class[:, :, 0], axis=1)}
     out.update({f"AP50/{c}": per_class[:, k, 0] for k, c in enumerate(table.classes)})
