@@ -103,6 +103,8 @@ def test_under_two_images_and_classes_without_objects_give_no_interval():
     assert r.full["AP50/d"] is None and np.isnan(r.values["AP50/d"]).all()
     d = paired(r, r)["AP50/d"]
     assert (d.diff, d.lo, d.verdict) == (None, None, None)
+    nothing = bootstrap(match_table(gt, np.zeros((0, 7))), 100)            # no detection at all: AP 0, as COCO
+    assert nothing.full["AP"] == coco_evaluate(gt, np.zeros((0, 7)))["AP"] == 0.0 and nothing.full["AP50/d"] is None
 
 
 def test_pooled_seeds():

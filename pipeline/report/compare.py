@@ -22,6 +22,7 @@ from ..compare import (
     seed_key,
 )
 from ..detections import GT_TAG
+from ..errors import UserError
 from .build import LOWER_IS_BETTER
 from .sections import AP_COLUMNS, MISSING, num
 
@@ -90,7 +91,13 @@ def paired_context(client, groups: list[Group], baseline, sort_by: str, resample
         return out
     rep = Replicator(client, split, resamples, seed)
     usable = {id(g): [r for r in g.rows if r.tags.get(GT_TAG) == split.sha] for g in groups}
-    reps = {id(g): rep.side(usable[id(g)]) for g in groups if usable[id(g)]}
+    reps, failed = {}, {}
+    for g in groups:
+        try:
+            if usable[id(g)]:
+                reps[id(g)] = rep.side(usable[id(g)])
+        except UserError as e:   # an artifact that cannot be read: that row gets no interval, the report goes on
+            failed[id(g)] = str(e)
     for g in groups:
         r = reps.get(id(g))
         if r is not None:
@@ -100,12 +107,13 @@ def paired_context(client, groups: list[Group], baseline, sort_by: str, resample
     if base is None:
         return out
     if id(base) not in reps:
-        out["note"] = f"The baseline {label(base.rows)} " + _why(base.rows, split.sha) + "; choose one with --baseline."
+        out["note"] = (f"The baseline {label(base.rows)}: " + failed.get(id(base), _why(base.rows, split.sha))
+                       + "; choose another with --baseline.")
         return out
     for g in groups:
         if g is not base:
             out["paired"].append((g, comparison(reps[id(base)], reps[id(g)]) if id(g) in reps
-                                  else _why(g.rows, split.sha)))
+                                  else failed.get(id(g), _why(g.rows, split.sha))))
     return out
 
 
