@@ -11,6 +11,7 @@ from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from .config import FCOSConfig
+from .errors import InputError
 
 _STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]  # trained first to last
 
@@ -32,20 +33,20 @@ def _resnet(cfg: FCOSConfig) -> nn.Module:
         try:
             return builder(weights=weights, norm_layer=norm)
         except (OSError, RuntimeError) as e:   # urllib's URLError is an OSError; a torn download a RuntimeError
-            raise ValueError(f"model.weights imagenet: torchvision could not download {weights} "
+            raise InputError(f"model.weights imagenet: torchvision could not download {weights} "
                              f"({type(e).__name__}: {str(e)[:80]}); offline, download it elsewhere and set "
                              f"model.weights to the path of that {cfg.backbone} state dict (.pth)") from None
     net = builder(weights=None, norm_layer=norm)
     if cfg.weights:
         path = Path(cfg.weights)
         if not path.is_file():
-            raise ValueError(f"{path}: backbone weights file not found")
+            raise InputError(f"{path}: backbone weights file not found")
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
-            raise ValueError(f"{path}: not a {cfg.backbone} state dict "
+            raise InputError(f"{path}: not a {cfg.backbone} state dict "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return net
 

@@ -1,12 +1,7 @@
 """The callback protocol through which the engine reports progress; `pipeline/` implements it."""
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
-
-PAUSE_ENV = "FCOS_EXP_TEST_PAUSE"
 
 
 class StopTraining(Exception):
@@ -63,29 +58,3 @@ class CallbackList(Callback):
                 first = first or e
         if first is not None:
             raise first
-
-
-class PauseAtStep(Callback):
-    """Test hook: after global step `step`, create `<release>.reached` and wait until `release` exists, so
-    a test can act (kill, stop a server) at a point it controls, however fast the machine is."""
-
-    def __init__(self, step: int, release: str | Path):
-        self.step, self.release = step, Path(release)
-
-    def on_step_end(self, state, losses, lr):
-        if state.global_step != self.step:
-            return
-        Path(f"{self.release}.reached").touch()
-        while not self.release.exists():
-            time.sleep(0.05)
-
-
-def pause_from_env() -> list[Callback]:
-    """[PauseAtStep] when FCOS_EXP_TEST_PAUSE="STEP:FILE" is set (tests only), else []."""
-    value = os.environ.get(PAUSE_ENV)
-    if not value:
-        return []
-    step, sep, release = value.partition(":")
-    if not (sep and step.isdigit() and release):
-        raise ValueError(f"{PAUSE_ENV}={value!r}: expected STEP:FILE")
-    return [PauseAtStep(int(step), release)]

@@ -62,14 +62,8 @@ def _evaluate(gt, detections: np.ndarray, backend: str) -> dict:
     coco_gt = gt if hasattr(gt, "getCatIds") else load_gt(gt, backend)
     cat_ids = sorted(coco_gt.getCatIds())
     names = {c["id"]: c["name"] for c in coco_gt.loadCats(cat_ids)}
-    if len(detections) == 0:
-        zero = {n: 0.0 for n in STAT_NAMES}
-        has_gt = np.array([len(coco_gt.getAnnIds(catIds=[c])) > 0 for c in cat_ids])
-        arrays = np.where(has_gt[None, None, :, None, None], 0.0, -1.0) * np.ones((10, 101, len(cat_ids), 4, 3))
-        return {**zero, "per_class_AP": {names[c]: 0.0 for c in cat_ids},
-                "per_class_AP50": {names[c]: 0.0 for c in cat_ids}, "precision": arrays,
-                "scores": np.zeros_like(arrays), "iou_thresholds": np.linspace(0.5, 0.95, 10),
-                "classes": [names[c] for c in cat_ids]}
+    if len(detections) == 0:   # COCOeval needs a detection: every stat with ground truth is 0, the others None
+        return _nothing_detected(coco_gt, cat_ids, names)
     coco_dt = _results(coco_gt, COCO, detections)
     ev = COCOeval(coco_gt, coco_dt, "bbox")
     ev.evaluate()
@@ -86,6 +80,25 @@ def _evaluate(gt, detections: np.ndarray, backend: str) -> dict:
     return {**stats, "per_class_AP": per_ap, "per_class_AP50": per_ap50, "precision": precision,
             "scores": np.asarray(ev.eval["scores"]), "iou_thresholds": np.asarray(ev.params.iouThrs),
             "classes": [names[c] for c in ev.params.catIds]}
+
+
+AREAS = ((0, 1e10), (0, 32 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, 1e10))   # COCOeval's all, small, medium, large
+
+
+def _nothing_detected(coco_gt, cat_ids: list[int], names: dict) -> dict:
+    """What COCOeval would report for no detections at all: 0 where the ground truth holds objects (of that
+    class and area range, crowd boxes aside), None (COCO's -1) where it holds none; never a made-up 0."""
+    anns = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds()) if not a.get("iscrowd", 0)]
+    has = np.array([[any(a["category_id"] == c and lo <= a["area"] < hi for a in anns) for lo, hi in AREAS]
+                    for c in cat_ids], dtype=bool).reshape(len(cat_ids), len(AREAS))     # [K, A]
+    area = has.any(axis=0)                                                             # [A]
+    by_stat = [area[0], area[0], area[0], area[1], area[2], area[3], area[0], area[0], area[0], *area[1:]]
+    stats = {n: (0.0 if present else None) for n, present in zip(STAT_NAMES, by_stat)}
+    per_class = {names[c]: (0.0 if has[k, 0] else None) for k, c in enumerate(cat_ids)}
+    arrays = np.where(has[None, None, :, :, None], 0.0, -1.0) * np.ones((10, 101, len(cat_ids), 4, 3))
+    return {**stats, "per_class_AP": per_class, "per_class_AP50": dict(per_class), "precision": arrays,
+            "scores": np.zeros_like(arrays), "iou_thresholds": np.linspace(0.5, 0.95, 10),
+            "classes": [names[c] for c in cat_ids]}
 
 
 def _results(coco_gt, COCO, det: np.ndarray):

@@ -8,6 +8,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .coco_eval import STAT_NAMES
+from .errors import InputError
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
            "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
 DECODE_KEYS = ("score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")
@@ -168,7 +171,7 @@ class FCOSConfig:
         """Raise ValueError naming the first invalid field."""
         problems = self.check({f.name: getattr(self, f.name) for f in fields(self)})
         if problems:
-            raise ValueError(problems[0])
+            raise InputError(problems[0])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -179,7 +182,7 @@ class FCOSConfig:
         d = {k: v for k, v in d.items() if k not in _LEGACY_KEYS}
         problems = cls.check(d)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise InputError("; ".join(problems))
         return cls(**d)
 
 
@@ -203,6 +206,8 @@ class TrainConfig:
     nonfinite: str = "stop"          # stop | skip: what a NaN/inf loss does
     seed: int = 0
     eval_every: int = 0              # validate every N epochs (0: never)
+    best_metric: str = "AP50"        # validation stat whose best epoch is kept (higher is better, as every COCO stat)
+    patience: int = 0                # validations without improvement that stop training (0: never; needs eval_every)
     eval_backend: str = "faster"     # faster | pycocotools
     sync_every: int = 0              # steps between reads of the losses by the host; 0: 10 on CUDA, 1 on CPU
     extra: dict = field(default_factory=dict)   # free-form, stored in the checkpoint
@@ -216,6 +221,7 @@ class TrainConfig:
         "gamma": number(0, 1, lo_open=True), "clip_grad_norm": number(0), "amp": choice("none", "auto", "fp16", "bf16"),
         "channels_last": of_type(bool), "sync_bn": of_type(bool), "nonfinite": choice("stop", "skip"),
         "seed": number(0, 2**32 - 1, integer=True), "eval_every": number(0, integer=True),
+        "best_metric": choice(*STAT_NAMES), "patience": number(0, 100000, integer=True),
         "eval_backend": choice("faster", "pycocotools"), "sync_every": number(0, 100000, integer=True),
         "extra": of_type(dict),
     }
@@ -224,9 +230,16 @@ class TrainConfig:
         self.milestones = tuple(self.milestones)
         problems = self.check({f.name: getattr(self, f.name) for f in fields(self)})
         if problems:
-            raise ValueError(problems[0])
+            raise InputError(problems[0])
 
     @classmethod
     def check(cls, values: dict) -> list[str]:
         """'field: problem' lines for a dict of (some of) the fields; [] when they make a valid config."""
-        return _check(cls, values, cls.RULES, lambda v: [])
+        return _check(cls, values, cls.RULES, cls._joint)
+
+    @staticmethod
+    def _joint(v: dict) -> list[str]:
+        if v["patience"] and not v["eval_every"]:
+            return [f"patience: counts validations, so it needs eval_every > 0 (got patience {v['patience']} with "
+                    "eval_every 0)"]
+        return []

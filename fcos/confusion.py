@@ -59,7 +59,7 @@ def confusion_from_coco(gt: dict, detections: np.ndarray, iou_thresh: float = 0.
     det = np.asarray(detections, np.float64).reshape(-1, 7)
     det = det[np.argsort(det[:, 0], kind="stable")]
     ids, starts = np.unique(det[:, 0].astype(np.int64), return_index=True)
-    per_image = dict(zip(ids.tolist(), np.split(det, starts[1:]), strict=True))
+    per_image = dict(zip(ids.tolist(), np.split(det, starts[1:]), strict=True)) if len(det) else {}
     m = np.zeros((len(cat_ids) + 1, len(cat_ids) + 1), np.int64)
     for image in gt["images"]:
         i = image["id"]

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .callbacks import Callback, CallbackList, StopTraining, TrainState, pause_from_env
-from .checkpoint import load_checkpoint, save_checkpoint
+from .callbacks import Callback, CallbackList, StopTraining, TrainState
+from .checkpoint import load_checkpoint, save_checkpoint, weights_checkpoint
 from .coco_eval import coco_evaluate
 from .config import TrainConfig
+from .errors import InputError
 from .optim import build_optimizer, build_scheduler
 
 
@@ -52,7 +53,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _autocast(device: torch.device, amp: str) -> Callable[[], torch.autocast]:
+def autocast_for(device: torch.device, amp: str) -> Callable[[], torch.autocast]:
     """A maker of the autocast context of `amp` on `device`, built once per loop ("auto" resolved and the
     emulation warning given here, not every step): fp16 or bf16 on CUDA; bf16 on CPU too (about 2x faster on
     CPUs with AVX512-BF16 or AMX)."""
@@ -140,7 +141,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
     sums = None                      # float64 on the device: the same additions as Python floats
     n_images = skipped = 0
     data_seconds = 0.0
-    autocast = _autocast(device, cfg.amp)
+    autocast = autocast_for(device, cfg.amp)
     start = last = time.perf_counter()
     for step, (images, targets) in enumerate(loader):
         data_seconds += time.perf_counter() - last
@@ -185,7 +186,7 @@ def predict_loader(model: nn.Module, loader, device: torch.device, amp: str = "n
     labels still contiguous, plus timings (model alone vs the whole loop)."""
     model.eval()
     rows, model_seconds, n = [], 0.0, 0
-    autocast = _autocast(device, amp)
+    autocast = autocast_for(device, amp)
     start = time.perf_counter()
     for i, (images, targets) in enumerate(loader):
         images = _to_device(images, device)
@@ -235,18 +236,63 @@ def evaluate(model: nn.Module, loader, coco_gt, cat_ids: list[int], device: torc
             "amp": amp, "detections": dets}
 
 
+def _improves(value: float | None, best: float | None) -> bool:
+    """Higher is better (every COCO stat); only a strictly higher value improves, so a tie keeps the earlier
+    epoch; an undefined value (None: the validation split has no object of that kind) never improves."""
+    return value is not None and (best is None or value > best)
+
+
+def _resumed_best(ckpt: dict, cfg: TrainConfig, path: Path) -> dict:
+    """The best-so-far record a checkpoint holds (a fresh one from a checkpoint written before it existed)."""
+    best = dict(ckpt.get("best") or _new_best(cfg))
+    if best["metric"] != cfg.best_metric:
+        raise InputError(f"{path}: its best epoch is chosen by validation {best['metric']}, not {cfg.best_metric}: "
+                         f"resume with best_metric {best['metric']}, or train from the start")
+    return best
+
+
+def _new_best(cfg: TrainConfig) -> dict:
+    # value and epoch (1-based) of the best validation so far; stale: validations since then (the patience count)
+    return {"metric": cfg.best_metric, "value": None, "epoch": None, "stale": 0}
+
+
+def _restore_best_file(best_path: Path, best: dict, model, classes, ckpt: dict, checkpoint_path: Path) -> None:
+    """On resume: the best checkpoint must hold the best epoch the last checkpoint records. The last
+    checkpoint is written first, so a kill between the two writes leaves the best epoch = the last one, whose
+    weights are at hand: they are written again; any other mismatch cannot be repaired."""
+    try:
+        on_disk = load_checkpoint(best_path).get("best") or {}
+    except (FileNotFoundError, InputError):
+        on_disk = {}
+    if (on_disk.get("epoch"), on_disk.get("value")) == (best["epoch"], best["value"]):
+        return
+    if best["epoch"] != ckpt["epoch"]:
+        raise InputError(f"{best_path}: does not hold epoch {best['epoch']}, the best one {checkpoint_path} records, "
+                         "and cannot be rebuilt: train from the start")
+    save_checkpoint(best_path, weights_checkpoint(model, classes, epoch=ckpt["epoch"], global_step=ckpt["global_step"],
+                                                  best=best, train_config=ckpt["train_config"]))
+
+
 def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: str | Path,
         classes: list[str], callbacks: list[Callback] = (), val_loader=None, val_gt=None,
-        val_cat_ids: list[int] | None = None, resume: bool = False, device: str | torch.device = "cpu") -> dict:
+        val_cat_ids: list[int] | None = None, resume: bool = False, device: str | torch.device = "cpu",
+        best_path: str | Path | None = None) -> dict:
     """Train for cfg.epochs on `device` ("auto": CUDA when there is a GPU), checkpointing every epoch (atomic)
     and resuming exactly from the last one, on this device or another.
 
-    Returns {"epochs", "steps", "train_seconds", "history": [per-epoch summaries], "stopped_early", "amp"
-    (cfg.amp resolved: none, fp16 or bf16)}."""
+    With validation (cfg.eval_every and a val_loader), the epoch with the highest validation cfg.best_metric
+    (the first of equal ones) is the best: its weights go to `best_path` (if given) when it is validated, and
+    cfg.patience validations without a higher value stop training. The last checkpoint holds the `best` record
+    (metric, value, epoch, stale: validations since), so a resumed run makes the same decisions. Without a
+    validation value, `best_path` gets the weights training ended with, its record's epoch and value None.
+
+    Returns {"epochs", "steps", "train_seconds", "history": [per-epoch summaries], "stopped_early", "stopped_by"
+    (None, "callback": a StopTraining, or "patience"), "best" (the record), "amp" (cfg.amp resolved: none,
+    fp16 or bf16)}."""
     device = resolve_device(device)
     amp = resolve_amp(cfg.amp, device)
     main = dist.is_main_process()
-    cbs = CallbackList([*callbacks, *pause_from_env()] if main else [])
+    cbs = CallbackList(callbacks if main else [])
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -264,8 +310,11 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
     state = TrainState(epochs=cfg.epochs, steps_per_epoch=steps)
     history: list[dict] = []
     checkpoint_path = Path(checkpoint_path)
+    best_path = Path(best_path) if best_path is not None else None
+    best = _new_best(cfg)
     if resume and checkpoint_path.is_file():
         ckpt = load_checkpoint(checkpoint_path)   # on the CPU: RNG states must stay there; the rest is copied
+        best = _resumed_best(ckpt, cfg, checkpoint_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -275,40 +324,59 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, *, checkpoint_path: st
         if getattr(train_loader, "generator", None) is not None and "loader_rng" in ckpt:
             train_loader.generator.set_state(ckpt["loader_rng"])
         state.epoch, state.global_step, history = ckpt["epoch"], ckpt["global_step"], list(ckpt["history"])
+        if main and best_path is not None and best["epoch"] is not None:
+            _restore_best_file(best_path, best, model, classes, ckpt, checkpoint_path)
     else:
         seed_everything(cfg.seed)
-    start_epoch, error, stopped = state.epoch, None, False
+    start_epoch, error, stopped_by = state.epoch, None, None
     start = time.perf_counter()
     cbs.on_train_start(state)
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            if cfg.patience and best["stale"] >= cfg.patience:   # checked here: a resumed run that had stopped too
+                stopped_by = "patience"
+                break
             state.epoch = epoch
             if hasattr(train_loader.sampler, "set_epoch"):
                 train_loader.sampler.set_epoch(epoch)
             summary = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler, device, cfg, state, cbs)
             summary["epoch"] = epoch + 1
-            metrics = None
+            metrics, improved = None, False
             if cfg.eval_every and val_loader is not None and (epoch + 1) % cfg.eval_every == 0:
                 metrics = evaluate(model, val_loader, val_gt, val_cat_ids, device, cfg.eval_backend, amp)
                 summary.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+                improved = _improves(metrics[cfg.best_metric], best["value"])
+                best = {**best, "value": metrics[cfg.best_metric], "epoch": epoch + 1, "stale": 0} if improved \
+                    else {**best, "stale": best["stale"] + 1}
             history.append(summary)
-            if main:
+            if main:   # the last checkpoint first: see _restore_best_file
                 save_checkpoint(checkpoint_path, {
-                    "model": model.state_dict(), "model_config": model.config.to_dict(), "classes": list(classes),
-                    "epoch": epoch + 1, "global_step": state.global_step, "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    **weights_checkpoint(model, classes, epoch=epoch + 1, global_step=state.global_step, best=best,
+                                         train_config=asdict(cfg)),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                     "rng": _rng_state(), "loader_rng": train_loader.generator.get_state()
-                    if getattr(train_loader, "generator", None) is not None else None,
-                    "train_config": asdict(cfg), "history": history})
+                    if getattr(train_loader, "generator", None) is not None else None, "history": history})
+                if improved and best_path is not None:
+                    save_checkpoint(best_path, weights_checkpoint(model, classes, epoch=epoch + 1, best=best,
+                                                                  global_step=state.global_step,
+                                                                  train_config=asdict(cfg)))
             if metrics is not None:
                 cbs.on_eval_end(state, {k: v for k, v in metrics.items() if k != "detections"})
             cbs.on_epoch_end(state, summary)
     except StopTraining:
-        stopped = True
+        stopped_by = "callback"
     except BaseException as e:
         error = e
         raise
     finally:
         cbs.on_train_end(state, error)
-    return {"epochs": len(history), "steps": state.global_step, "history": history, "stopped_early": stopped,
+    if main and best_path is not None and best["epoch"] is None:
+        # No validation value (eval_every 0, or none came): best_path still exists for whoever reads it (a DVC
+        # output must), holding the weights training ended with; its record (epoch None) says so.
+        save_checkpoint(best_path, weights_checkpoint(model, classes, epoch=history[-1]["epoch"] if history else 0,
+                                                      global_step=state.global_step, best=best,
+                                                      train_config=asdict(cfg)))
+    return {"epochs": len(history), "steps": state.global_step, "history": history,
+            "stopped_early": stopped_by is not None, "stopped_by": stopped_by, "best": best,
             "train_seconds": time.perf_counter() - start, "amp": amp}

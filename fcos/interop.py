@@ -25,6 +25,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from .backbone import freeze_stages
 from .config import RESNETS, FCOSConfig
+from .errors import InputError
 
 TV_GN_GROUPS = 32   # torchvision's FCOSHead: GroupNorm(32, channels)
 _RETURN_LAYERS = {"layer2": "0", "layer3": "1", "layer4": "2"}
@@ -54,7 +55,7 @@ def torchvision_state_dict(model: nn.Module) -> dict:
     state = model.state_dict()
     scales = state.pop("head.scales", None)
     if scales is not None and not torch.all(scales == 1):
-        raise ValueError(f"per-level scales {scales.tolist()} have no place in torchvision's FCOS")
+        raise InputError(f"per-level scales {scales.tolist()} have no place in torchvision's FCOS")
     return _rename(state, [(new, old) for old, new in _NAMES])
 
 
@@ -81,28 +82,28 @@ def read_torchvision_weights(weights: str | None) -> dict | None:
         try:
             w = torchvision.models.get_weight(weights)
         except (KeyError, ValueError):
-            raise ValueError(f"model.weights {weights}: not a torchvision weights name") from None
+            raise InputError(f"model.weights {weights}: not a torchvision weights name") from None
         if not type(w).__name__.startswith("FCOS_"):
-            raise ValueError(f"model.weights {weights}: weights of another torchvision model (model.weights takes "
+            raise InputError(f"model.weights {weights}: weights of another torchvision model (model.weights takes "
                              "FCOS detector weights, imagenet or a file)")
         try:
             return w.get_state_dict(progress=False, check_hash=True)
         except (OSError, RuntimeError) as e:   # urllib's URLError is an OSError; a torn download a RuntimeError
-            raise ValueError(f"model.weights {weights}: torchvision could not download {w.url} "
+            raise InputError(f"model.weights {weights}: torchvision could not download {w.url} "
                              f"({type(e).__name__}: {str(e)[:80]}); offline, download it elsewhere and set "
                              "model.weights to the path of that file") from None
     if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
+        raise InputError(f"{path}: weights file not found")
     try:
         state = _load(path)
     except Exception as e:  # torch raises several types for foreign or damaged files
-        raise ValueError(f"{path}: not a readable state dict ({type(e).__name__})") from None
+        raise InputError(f"{path}: not a readable state dict ({type(e).__name__})") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state dict")
+        raise InputError(f"{path}: not a state dict")
     if is_torchvision_fcos(state):
         return state
     if any(k.startswith(("backbone.", "head.", "rpn.", "roi_heads.")) for k in state):
-        raise ValueError(f"{path}: a detector's state dict but not torchvision's FCOS "
+        raise InputError(f"{path}: a detector's state dict but not torchvision's FCOS "
                          "(no head.classification_head.cls_logits and head.regression_head.bbox_ctrness)")
     return None
 
@@ -113,7 +114,7 @@ def load_torchvision_weights(model: nn.Module, state: dict, source: str) -> None
     function). ValueError, one line naming `source`, when the architectures differ."""
     cfg = model.config
     if cfg.gn_groups != TV_GN_GROUPS:
-        raise ValueError(f"{source}: torchvision's FCOS head was trained with GroupNorm({TV_GN_GROUPS}): "
+        raise InputError(f"{source}: torchvision's FCOS head was trained with GroupNorm({TV_GN_GROUPS}): "
                          f"set gn_groups {TV_GN_GROUPS} (got {cfg.gn_groups})")
     state = from_torchvision_state(state)
     own = model.state_dict()
@@ -121,13 +122,13 @@ def load_torchvision_weights(model: nn.Module, state: dict, source: str) -> None
         state = {k: v for k, v in state.items() if not k.startswith("head.cls_logits.")}
     for k, v in state.items():
         if k in own and v.shape != own[k].shape:
-            raise ValueError(f"{source}: a torchvision FCOS that differs from this model ({k}: {list(v.shape)} "
+            raise InputError(f"{source}: a torchvision FCOS that differs from this model ({k}: {list(v.shape)} "
                              f"there, {list(own[k].shape)} here); backbone, fpn_channels and head_convs must match")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("head.scales", "head.cls_logits."))
                and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{source}: a torchvision FCOS that differs from this model "
+        raise InputError(f"{source}: a torchvision FCOS that differs from this model "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
@@ -141,7 +142,7 @@ def _resnet_name(body: nn.Module) -> str:
         with torch.device("meta"):
             if shapes(getattr(torchvision.models, name)().state_dict()) == own:
                 return name
-    raise ValueError(f"torchvision FCOS backbone is not a torchvision ResNet (one of {', '.join(RESNETS)})")
+    raise InputError(f"torchvision FCOS backbone is not a torchvision ResNet (one of {', '.join(RESNETS)})")
 
 
 def config_from_torchvision(tv: TVFCOS) -> FCOSConfig:
@@ -149,16 +150,16 @@ def config_from_torchvision(tv: TVFCOS) -> FCOSConfig:
     and P6/P7 from P5, its FCOSHead, one square anchor per location)."""
     body, fpn, anchors, t = tv.backbone.body, tv.backbone.fpn, tv.anchor_generator, tv.transform
     if getattr(body, "return_layers", None) != _RETURN_LAYERS:
-        raise ValueError("torchvision FCOS backbone must return ResNet layer2-layer4 (returned_layers [2, 3, 4])")
+        raise InputError("torchvision FCOS backbone must return ResNet layer2-layer4 (returned_layers [2, 3, 4])")
     if not (isinstance(fpn.extra_blocks, LastLevelP6P7) and fpn.extra_blocks.use_P5):
-        raise ValueError("torchvision FCOS FPN must make P6 and P7 from P5 (LastLevelP6P7(C, C))")
+        raise InputError("torchvision FCOS FPN must make P6 and P7 from P5 (LastLevelP6P7(C, C))")
     if any(len(s) != 1 for s in anchors.sizes) or any(tuple(r) != (1.0,) for r in anchors.aspect_ratios):
-        raise ValueError("torchvision FCOS anchor generator must have one square anchor per location")
+        raise InputError("torchvision FCOS anchor generator must have one square anchor per location")
     if t.fixed_size is not None:
-        raise ValueError("torchvision FCOS transform with fixed_size has no fcos.FCOS equivalent")
+        raise InputError("torchvision FCOS transform with fixed_size has no fcos.FCOS equivalent")
     strides = tuple(int(s[0]) for s in anchors.sizes)
     if any(b != 2 * a for a, b in zip(strides, strides[1:], strict=False)):
-        raise ValueError(f"torchvision FCOS anchor sizes {strides} must double level to level")
+        raise InputError(f"torchvision FCOS anchor sizes {strides} must double level to level")
     stages = ["layer4", "layer3", "layer2", "layer1", "conv1"]
     trainable = next((i for i, s in enumerate(stages)
                       if not any(p.requires_grad for p in getattr(body, s).parameters())), 5)
@@ -187,7 +188,7 @@ def to_torchvision(model: nn.Module) -> TVFCOS:
              (cfg.range_bounds == (0, *(4 * s for s in cfg.strides[1:])), "range_bounds (0, 4 * strides[1:])")]
     for ok, what in needs:
         if not ok:
-            raise ValueError(f"torchvision's FCOS needs {what}")
+            raise InputError(f"torchvision's FCOS needs {what}")
     state = torchvision_state_dict(model)
     norm = FrozenBatchNorm2d if cfg.freeze_bn else nn.BatchNorm2d
     net = getattr(torchvision.models, cfg.backbone)(weights=None, norm_layer=norm)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from . import interop
 from .backbone import Backbone
 from .config import DECODE_KEYS, FCOSConfig
+from .errors import InputError
 from .head import FCOSHead
 from .loss import FCOSLoss
 from .points import make_points
@@ -19,34 +20,36 @@ from .transform import Transform
 def _check_inputs(images: list[Tensor], targets: list[dict] | None, num_classes: int) -> None:
     """Raise ValueError naming the image and what is wrong with it."""
     if not images:
-        raise ValueError("no images: expected a list of float tensors [3, H, W]")
+        raise InputError("no images: expected a list of float tensors [3, H, W]")
     for i, img in enumerate(images):
         if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or not img.is_floating_point():
             shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
-            raise ValueError(f"image {i}: expected a float tensor [3, H, W], got {shape}")
+            raise InputError(f"image {i}: expected a float tensor [3, H, W], got {shape}")
         if img.shape[1] == 0 or img.shape[2] == 0:
-            raise ValueError(f"image {i}: has no pixels (shape {tuple(img.shape)})")
+            raise InputError(f"image {i}: has no pixels (shape {tuple(img.shape)})")
     if targets is None:
         return
     if len(targets) != len(images):
-        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        raise InputError(f"{len(images)} images but {len(targets)} targets")
     for i, t in enumerate(targets):
+        if not isinstance(t, dict):
+            raise InputError(f"image {i}: target must be a dict with boxes and labels, got {type(t).__name__}")
         boxes, labels = t.get("boxes"), t.get("labels")
         if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4 or not boxes.is_floating_point():
-            raise ValueError(f"image {i}: boxes must be a float tensor [N, 4], got "
+            raise InputError(f"image {i}: boxes must be a float tensor [N, 4], got "
                              f"{tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__}")
         if not isinstance(labels, Tensor) or labels.shape != (len(boxes),) or labels.dtype != torch.int64:
-            raise ValueError(f"image {i}: labels must be an int64 tensor [{len(boxes)}]")
+            raise InputError(f"image {i}: labels must be an int64 tensor [{len(boxes)}]")
         if len(boxes):
             if not torch.isfinite(boxes).all():
                 j = int((~torch.isfinite(boxes)).any(dim=1).nonzero()[0])
-                raise ValueError(f"image {i}: box {j} {boxes[j].tolist()} is not finite")
+                raise InputError(f"image {i}: box {j} {boxes[j].tolist()} is not finite")
             bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
             if bad.any():
                 j = int(bad.nonzero()[0])
-                raise ValueError(f"image {i}: box {j} {boxes[j].tolist()} has x2 <= x1 or y2 <= y1")
+                raise InputError(f"image {i}: box {j} {boxes[j].tolist()} has x2 <= x1 or y2 <= y1")
             if labels.min() < 0 or labels.max() >= num_classes:
-                raise ValueError(f"image {i}: labels must be in [0, {num_classes}), got {labels.tolist()}")
+                raise InputError(f"image {i}: labels must be in [0, {num_classes}), got {labels.tolist()}")
 
 
 class FCOS(nn.Module):
@@ -78,7 +81,7 @@ class FCOS(nn.Module):
         problems = [f"{k}: not a decoding setting" for k in values if k not in DECODE_KEYS]
         problems += FCOSConfig.check(values)
         if problems:
-            raise ValueError(problems[0])
+            raise InputError(problems[0])
         for key, value in values.items():
             setattr(self.config, key, value)   # PostProcess reads the shared config at every call
         return self
@@ -98,7 +101,7 @@ class FCOS(nn.Module):
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict] | None = None):
         images = list(images)
         if self.training and targets is None:
-            raise ValueError("training mode needs targets; call model.eval() for detections")
+            raise InputError("training mode needs targets; call model.eval() for detections")
         _check_inputs(images, targets if self.training else None, self.config.num_classes)
         batch, sizes, orig, targets = self.transform(images, targets if self.training else None)
         features = self.backbone(batch)

@@ -1,23 +1,23 @@
-"""The files the stages share: where each lives, how it is written (atomically), and loading what an
-earlier stage wrote (the prepared datasets, the trained model). Stages import this, never each other."""
+"""What the stages share besides paths (pipeline/paths.py): how files are written (atomically), and loading
+what an earlier stage wrote (the prepared datasets, the trained model). Stages import this, never each other."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fcos.files import atomic_write
 
 from .errors import UserError
+from .paths import BEST_MODEL, MODEL, PREPARED
 
-PREPARED = Path("data/prepared")              # prepare: {train,val,test}.json, summary.json, shapes/
-MODEL = Path("models/model.pt")               # train: the checkpoint
-TRAIN_METRICS = Path("metrics/train.json")    # train
-STEPS_CSV = Path("plots/train_steps.csv")     # train: per-step losses and lr (dvc plots)
-EVAL_METRICS = Path("metrics/eval.json")      # evaluate
-PER_CLASS_CSV = Path("plots/per_class_ap.csv")   # evaluate (dvc plots)
-TEST_DETECTIONS = Path("metrics/detections.json.gz")   # evaluate: the test detections (pipeline/detections.py)
-FIGURES = Path("plots/figures")               # visualize: curves, per-class AP
-DETECTIONS = Path("plots/detections")         # visualize: detection images and mosaic.png
+CHECKPOINTS = {"last": MODEL, "best": BEST_MODEL}   # eval.checkpoint: what evaluate, visualize and predict load
 
 
 def write_text(path: Path, text: str) -> None:
@@ -29,22 +29,99 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2))
 
 
+@contextmanager
+def replaced_folder(path: Path) -> Iterator[Path]:
+    """A new folder beside `path` to write into; once the block ends without error it takes `path`'s place
+    (two renames), else it is removed and `path` stays as it was. Readers never see a half-written mix of
+    old and new files, only the old folder, the new one or (between the renames) none. Folders left by a
+    killed process (`.<name>-<pid>-...` of a dead pid) are removed first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f".{path.name}-*"):
+        pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{path.name}-{os.getpid()}-new-", dir=path.parent))
+    try:
+        yield new
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    trash = path.parent / f".{path.name}-{os.getpid()}-old-{new.name.rsplit('-', 1)[1]}"
+    if path.exists():
+        os.replace(path, trash)
+    os.replace(new, path)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def load_dataset(split: str, **kwargs):
-    """The prepared COCO json of a split (train, val, test) as a CocoDataset; kwargs go to CocoDataset."""
-    from fcos.data import CocoDataset
+    """The prepared COCO json of a split (train, val, test) as a CocoDataset; kwargs go to CocoDataset.
+    prepare wrote it whole, so any problem reading it (an image deleted since, a file edited) means the
+    prepared data is damaged: UserError, rather than training or scoring on what is left."""
+    from fcos.data import CocoDataset, DataReport
     path = PREPARED / f"{split}.json"
     if not path.is_file():
         raise UserError(f"{path}: not found; run `fcos-exp prepare` (or `dvc repro`) first")
-    return CocoDataset(path, **kwargs)
+    report = DataReport()
+    dataset = CocoDataset(path, report=report, **kwargs)
+    if not report.ok:
+        raise UserError(f"{path}: the prepared {split} split is damaged ({report.summary().split(': ', 1)[-1]}; "
+                        f"first: {report.lines[0]}); run `fcos-exp prepare` again")
+    return dataset
 
 
-def load_trained(params: dict, device, path: Path = MODEL):
-    """The trained model made for inference (fcos.inference.for_inference) with params' decode section and
-    eval.winograd applied, and its class names."""
-    from fcos.checkpoint import load_model
+@dataclass
+class Trained:
+    """A trained model made for inference (fcos.inference.for_inference: params' decode section and
+    eval.winograd applied) on eval.device, run under eval.amp as resolved there (`amp`)."""
+
+    model: Any
+    classes: list[str]
+    device: Any
+    amp: str
+
+    def detect(self, images: list) -> list[dict]:
+        """Detections of images [3, H, W] (any device), as FCOS returns them, on self.device."""
+        import torch
+
+        from fcos.engine import autocast_for
+        with torch.inference_mode(), autocast_for(self.device, self.amp)():
+            return self.model([im.to(self.device) for im in images])
+
+
+def trained_path(params: dict) -> Path:
+    """The checkpoint eval.checkpoint names."""
+    return CHECKPOINTS[params["eval"]["checkpoint"]]
+
+
+def load_trained(params: dict, path: Path | None = None, device=None) -> Trained:
+    """The checkpoint at `path` (default the one eval.checkpoint names) ready for inference, on `device`
+    (default eval.device). models/best.pt that no validation chose (its `best` record has no epoch) is refused."""
+    from fcos.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcos.engine import resolve_amp
     from fcos.inference import for_inference
-    if not Path(path).is_file():
+
+    from .params import device_of
+    path = Path(path or trained_path(params))
+    if not path.is_file():
         raise UserError(f"{path}: not found; run `fcos-exp train` (or `dvc repro`) first")
-    model, classes = load_model(path, device)
+    device = device or device_of(params, "eval")
+    ckpt = load_checkpoint(path, device)
+    best = ckpt.get("best") or {}
+    if path.resolve() == BEST_MODEL.resolve() and best.get("epoch") is None:
+        raise UserError(f"{path}: training recorded no validation {best.get('metric', 'value')}, so it holds the last "
+                        "epoch, not a best one: set train.eval_every > 0 (validation) and train again, or set "
+                        "eval.checkpoint: last")
+    model = model_from_checkpoint(ckpt, device)
     model.set_decoding(**params["decode"])
-    return for_inference(model, winograd=params["eval"]["winograd"]), classes
+    return Trained(for_inference(model, winograd=params["eval"]["winograd"]), list(ckpt["classes"]), device,
+                   resolve_amp(params["eval"]["amp"], device))

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import UserError
+from .paths import MODEL, ONNX_MODEL, PARAMS, PENDING_FILE, PREDICTIONS, REPORTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -17,17 +18,18 @@ ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file
 
 
 @contextmanager
-def _user_errors():
-    """Expected failures become one line on stderr and a non-zero exit; FCOS_EXP_DEBUG=1 shows tracebacks."""
-    import yaml
-
-    from fcos.data import DataError  # light: no torch model is built by importing it
+def _user_errors(interrupted: str = "interrupted"):
+    """Problems with the user's input or machine (a bad file, a full disk, a diverging training) become one
+    line on stderr and exit code 2; anything else is a bug in fcos-exp, also one line, saying so (exit 1).
+    FCOS_EXP_DEBUG=1 shows the traceback of either."""
+    from fcos.errors import InputError  # light: the library's base of input errors (DataError too)
     try:
         yield
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the last checkpoint is kept; `fcos-exp train --resume` continues", err=True)
-        raise typer.Exit(130) from None
-    except (UserError, DataError, OSError, FloatingPointError, ValueError, yaml.YAMLError) as e:
+    except KeyboardInterrupt as e:
+        typer.echo(interrupted.replace("interrupted", "terminated", 1) if isinstance(e, Terminated) else interrupted,
+                   err=True)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+    except (UserError, InputError, OSError, FloatingPointError, MemoryError) as e:
         if os.environ.get("FCOS_EXP_DEBUG"):
             raise
         message = str(e) or type(e).__name__
@@ -36,6 +38,13 @@ def _user_errors():
         for line in message.splitlines():
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(getattr(e, "code", 2) if isinstance(e, UserError) else 2) from None
+    except Exception as e:
+        if os.environ.get("FCOS_EXP_DEBUG"):
+            raise
+        first = (str(e).splitlines() or [""])[0][:300]
+        typer.echo(f"error: internal error, a bug in fcos-exp: {type(e).__name__}: {first} (FCOS_EXP_DEBUG=1 shows "
+                   "the traceback; please report it)", err=True)
+        raise typer.Exit(1) from None
 
 
 def _version(value: bool) -> None:
@@ -61,10 +70,21 @@ VersionOpt = Annotated[bool, typer.Option("--version", callback=_version, is_eag
                                           help="Show the version and the torch/CUDA in use, then exit.")]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler's stop), raised where the program is, so that cleanups run as for Ctrl-C:
+    the last steps reach MLflow, runs are closed, temp files removed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 @app.callback()
 def _main(version: VersionOpt = False):
     """FCOS object detection experiments: prepare -> train -> evaluate -> visualize, tracked in MLflow,
     tuned with Optuna."""
+    import signal
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 def _setup(params_path: Path):
@@ -76,62 +96,64 @@ def _setup(params_path: Path):
 def _run_stage(name: str, params_path: Path, *args, **kwargs):
     """Load and validate the params, then run pipeline/stages/<name>.py, turning bad input into one line."""
     import importlib
-    with _user_errors():
+    resume = "interrupted: the last checkpoint is kept; `fcos-exp train --resume` continues"
+    with _user_errors(resume if name == "train" else f"interrupted: run `fcos-exp {name}` again"):
         p, console = _setup(params_path)
         return importlib.import_module(f"{__package__}.stages.{name}").run(p, console, *args, **kwargs)
 
 
 @app.command()
-def prepare(params: ParamsOpt = Path("params.yaml")):
+def prepare(params: ParamsOpt = PARAMS):
     """Generate or read the dataset, check the annotations, write COCO json per split (data/prepared/)."""
     _run_stage("prepare", params)
 
 
 @app.command()
-def train(params: ParamsOpt = Path("params.yaml"),
+def train(params: ParamsOpt = PARAMS,
           resume: Annotated[bool, typer.Option(help="Continue from models/model.pt.")] = False):
     """Train the detector (models/model.pt, metrics/train.json, plots/train_steps.csv). DDP under torchrun."""
     _run_stage("train", params, resume=resume)
 
 
 @app.command()
-def evaluate(params: ParamsOpt = Path("params.yaml")):
+def evaluate(params: ParamsOpt = PARAMS):
     """COCO mAP of the trained model on the test split (metrics/eval.json)."""
     _run_stage("evaluate", params)
 
 
 @app.command()
-def visualize(params: ParamsOpt = Path("params.yaml")):
+def visualize(params: ParamsOpt = PARAMS):
     """Training curves, per-class AP and detection images (plots/)."""
     _run_stage("visualize", params)
 
 
 @app.command()
 def predict(inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-            out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("outputs/predict"),
+            out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = PREDICTIONS,
             score_thresh: Annotated[Optional[str], typer.Option(
                 help="Minimum score drawn and written: a number, or f1 for each class's F1-optimal threshold "
                      "(metrics/pr.json); default visualize.score_thresh.")] = None,
             model: Annotated[Optional[Path], typer.Option(help="A checkpoint (.pt) or an exported ONNX graph (.onnx, "
-                                                               "run by onnxruntime); default models/model.pt.")] = None,
-            params: ParamsOpt = Path("params.yaml")):
+                                                               "run by onnxruntime); default the one eval.checkpoint "
+                                                               "names (models/model.pt or models/best.pt).")] = None,
+            params: ParamsOpt = PARAMS):
     """Detect objects in images: annotated PNGs and detections.json in --out."""
     _run_stage("predict", params, inputs, out, score_thresh, model)
 
 
 @app.command()
-def export(model: Annotated[Path, typer.Option(help="The checkpoint exported.")] = Path("models/model.pt"),
-           out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file written.")] = Path("models/model.onnx"),
+def export(model: Annotated[Path, typer.Option(help="The checkpoint exported.")] = MODEL,
+           out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file written.")] = ONNX_MODEL,
            check: Annotated[int, typer.Option(help="Test images on which onnxruntime is compared with PyTorch "
                                                    "(0: none).")] = 8,
-           params: ParamsOpt = Path("params.yaml")):
+           params: ParamsOpt = PARAMS):
     """Export the trained model to ONNX (opset 18, any image size, decoding and NMS inside the graph)."""
     _run_stage("export", params, model, out, check)
 
 
 @app.command()
 def use(config: Annotated[Path, typer.Argument(help="A config of experiments/ (an overlay of params.yaml).")],
-        params: ParamsOpt = Path("params.yaml")):
+        params: ParamsOpt = PARAMS):
     """Write a config's values into params.yaml (comments kept), so that `dvc repro` / `dvc exp run` run it."""
     with _user_errors():
         from .params import flatten, read_params, set_values
@@ -144,11 +166,11 @@ def use(config: Annotated[Path, typer.Argument(help="A config of experiments/ (a
 
 
 @app.command()
-def sync(params: ParamsOpt = Path("params.yaml")):
+def sync(params: ParamsOpt = PARAMS):
     """Send tracking data kept in models/mlflow_pending.jsonl while the MLflow server was unreachable."""
     with _user_errors():
         _setup(params)
-        from .tracking import PENDING_FILE, sync_pending, tracking_uri
+        from .tracking import sync_pending, tracking_uri
         sent, ids, dropped = sync_pending()
         if not sent and not dropped:
             typer.echo(f"nothing to sync ({PENDING_FILE} is absent)", err=True)
@@ -164,7 +186,7 @@ def tune(trials: Annotated[Optional[int], typer.Option(min=1, help="Trials of th
          storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file or an RDB URL.")] = None,
          study_name: Annotated[Optional[str], typer.Option(help="Study name (default tune.study_name).")] = None,
          apply: Annotated[bool, typer.Option("--apply", help="Write the best params found into --params.")] = False,
-         params: ParamsOpt = Path("params.yaml")):
+         params: ParamsOpt = PARAMS):
     """Search the training configuration with Optuna (TPE + pruning); every trial is a nested MLflow run."""
     with _user_errors():
         p, console = _setup(params)
@@ -187,14 +209,14 @@ def report(experiment: Annotated[Optional[str], typer.Option(help="MLflow experi
                                                      "ms_per_image or train_seconds.")] = "AP50",
            baseline: Annotated[Optional[str], typer.Option(help="Run id, id prefix or name for the deltas "
                                                                 "(default: the oldest).")] = None,
-           out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("reports"),
+           out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = REPORTS,
            storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the study (default tune.storage)."
                                                           )] = None,
            study_name: Annotated[Optional[str], typer.Option(help="Optuna study (default tune.study_name).")] = None,
            resamples: Annotated[Optional[int], typer.Option(min=2, help="Bootstrap resamples of the test images "
                                                                         "for the intervals (default 1000).")] = None,
            seed: Annotated[Optional[int], typer.Option(help="Seed of the resampling (default 0).")] = None,
-           params: ParamsOpt = Path("params.yaml")):
+           params: ParamsOpt = PARAMS):
     """Write reports/report.md and a self-contained reports/report.html comparing the tracked runs.
     No matching run is not an error: the report says so and the exit code is 0."""
     with _user_errors():
@@ -215,7 +237,7 @@ def compare(a: Annotated[str, typer.Argument(help="Run A: an MLflow run id, id p
             as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
             experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default tracking.experiment)."
                                                               )] = None,
-            params: ParamsOpt = Path("params.yaml")):
+            params: ParamsOpt = PARAMS):
     """Is B better than A? B - A of AP, AP50 and each class's AP50 with a 95% paired bootstrap interval over
     the test images, from the detections the runs kept; "within noise" when the interval holds 0."""
     with _user_errors():

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from fcos.bootstrap import LEVEL, RESAMPLES, SEED, Replicates, bootstrap, gt_hash, match_table, paired, pool
 
-from .artifacts import PREPARED
 from .detections import ARTIFACT, GT_TAG, read_detections
 from .errors import UserError
+from .paths import PREPARED
 
 SEED_PARAM = "train.seed"
 TEST_GT = PREPARED / "test.json"

@@ -14,8 +14,8 @@ import numpy as np
 
 from fcos.files import atomic_write
 
-from .artifacts import TEST_DETECTIONS
 from .errors import UserError
+from .paths import TEST_DETECTIONS
 
 ARTIFACT_FOLDER = "metrics"                            # the MLflow artifact: metrics/detections.json.gz
 ARTIFACT = f"{ARTIFACT_FOLDER}/{TEST_DETECTIONS.name}"

@@ -55,9 +55,7 @@ def read_steps(path: Path) -> dict[str, np.ndarray]:
 
 def training_curves(steps: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
     """final_loss.png, losses.png (each loss), lr.png; smoothed lines over the raw per-step values."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .mpl import plt, save
 
     out_dir.mkdir(parents=True, exist_ok=True)
     x = steps["step"]
@@ -76,18 +74,12 @@ def training_curves(steps: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
         ax.set_ylabel(name.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        path = out_dir / f"{name}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(save(fig, out_dir / f"{name}.png"))
     return written
 
 
 def per_class_bars(per_class: dict[str, float | None], out: Path, title: str = "AP50 per class") -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .mpl import plt, save
 
     names = list(per_class)
     vals = [per_class[n] or 0.0 for n in names]
@@ -96,7 +88,4 @@ def per_class_bars(per_class: dict[str, float | None], out: Path, title: str = "
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=60)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)

@@ -11,11 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .paths import CONFUSION_CSV, EVAL_PLOTS, PR_CSV, PR_METRICS
 
-PR_METRICS = Path("metrics/pr.json")
-EVAL_PLOTS = Path("plots/eval")
-PR_CSV = Path("plots/pr_curve.csv")
-CONFUSION_CSV = Path("plots/confusion.csv")
 IOU = 0.5
 NO_F1_THRESH = 0.3   # `f1` while no class has a true positive (an untrained model): no F1 to optimise
 
@@ -35,11 +32,32 @@ def class_thresholds(setting: float | str, classes: list[str]) -> np.ndarray:
     if not PR_METRICS.is_file():
         raise UserError(f"{PR_METRICS}: not found; score threshold f1 needs `fcos-exp evaluate` first, "
                         "or give a number")
-    pr = json.loads(PR_METRICS.read_text())
+    pr = _read_pr()
     if list(pr["per_class"]) != list(classes):
         raise UserError(f"{PR_METRICS}: written for classes {list(pr['per_class'])}, the model has {classes}; "
                         "run `fcos-exp evaluate` again")
     return _f1_thresholds(pr)
+
+
+def _threshold(v) -> bool:
+    ok = v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1   # NaN fails too
+    return bool(ok)
+
+
+def _read_pr() -> dict:
+    """metrics/pr.json, its thresholds checked (null or a number in [0, 1]): a damaged or hand-edited file is
+    one line, never NaN or 7 silently taken as a threshold."""
+    try:
+        pr = json.loads(PR_METRICS.read_text())
+        entries = [pr["all"], *pr["per_class"].values()]
+        bad = next((e for e in entries if not isinstance(e, dict) or not _threshold(e.get("threshold"))), "ok")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{PR_METRICS}: not readable as evaluate wrote it ({type(e).__name__}); run `fcos-exp "
+                        "evaluate` again") from None
+    if bad != "ok":
+        raise UserError(f"{PR_METRICS}: a threshold must be null or a number in [0, 1], got {bad!r:.80}; run "
+                        "`fcos-exp evaluate` again")
+    return pr
 
 
 def _f1_thresholds(pr: dict) -> np.ndarray:

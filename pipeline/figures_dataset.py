@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .mpl import pyplot, save
+from .mpl import plt, save
+from .paths import DATASET_PLOTS
 
-DATASET_PLOTS = Path("plots/dataset")
 COLOURS = {"train": "#3b7dd8", "val": "#e8912d", "test": "#3aa35b"}
 
 
@@ -28,7 +28,6 @@ def objects_csv(tables: dict[str, dict], classes: list[str], path: Path) -> Path
 def dataset_figure(tables: dict[str, dict], classes: list[str], path: Path) -> Path:
     """Per split (fcos.data.stats.box_table of each): objects per class, boxes per image, box width against
     height relative to the image, aspect ratio, box centres (all splits), image sizes."""
-    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), dpi=90)
     ax = axes[0, 0]
     width = 0.8 / len(tables)

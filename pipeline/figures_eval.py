@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .mpl import pyplot, save
+from .mpl import plt, save
 
 
 def _legend(ax, n: int, title: str) -> None:
@@ -16,7 +16,6 @@ def _legend(ax, n: int, title: str) -> None:
 def pr_figure(curves, path: Path) -> Path:
     """Precision against recall per class (thin, AP in the legend) and for all classes (thick, mAP), with the
     F1-optimal point of each class marked."""
-    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=100)
     f1 = curves.f1
     for k, name in enumerate(curves.classes):
@@ -36,7 +35,6 @@ def pr_figure(curves, path: Path) -> Path:
 def f1_figure(curves, thresholds: dict, path: Path) -> Path:
     """F1 against the score threshold per class and averaged, the chosen all-classes threshold marked."""
     from fcos.pr_curves import CONFIDENCE
-    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=100)
     f1 = curves.f1_at()
     for k, name in enumerate(curves.classes):
@@ -59,7 +57,6 @@ def f1_figure(curves, thresholds: dict, path: Path) -> Path:
 def confusion_figure(matrix: np.ndarray, classes: list[str], path: Path, normalised: bool, note: str) -> Path:
     """The matrix as a heat map, rows predicted, columns true, background last; each cell annotated."""
     from fcos.confusion import normalise
-    plt = pyplot()
     names = [*classes, "background"]
     values = normalise(matrix) if normalised else matrix
     n = len(names)

@@ -1,14 +1,13 @@
-"""matplotlib without a display: `pyplot()` (Agg backend) and `save(fig, path)`."""
+"""matplotlib for every figure of the pipeline: the Agg backend (files, no display) is chosen here, once,
+before pyplot is first imported; import `plt` and `save` from this module, never pyplot directly."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 
 def save(fig, path: Path) -> Path:
@@ -16,5 +15,5 @@ def save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path)
-    pyplot().close(fig)
+    plt.close(fig)
     return path

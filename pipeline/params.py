@@ -4,7 +4,9 @@ validators; the rest by the schema below."""
 from __future__ import annotations
 
 import copy
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,11 @@ import yaml
 
 from fcos.coco_eval import STAT_NAMES
 from fcos.config import DECODE_KEYS, FCOSConfig, TrainConfig, choice, number, of_type
+from fcos.voc_eval import INTERPOLATIONS
 
 from .errors import UserError
+from .paths import PARAMS
 
-DEFAULT_PARAMS = Path("params.yaml")
 MAX_BYTES = 1_000_000          # a params file is a few KB; this refuses YAML alias bombs before parsing
 MAX_NODES = 20_000             # ... and after parsing, counting every value reached through aliases
 MODEL_KEYS = ("backbone", "weights", "freeze_bn", "trainable_layers", "fpn_channels", "head_convs", "gn_groups",
@@ -51,8 +54,27 @@ def _winograd(v) -> str | None:
     return None if v == "auto" or isinstance(v, bool) else f"must be auto, true or false, got {v!r}"
 
 
+def _voc_metric(v) -> str | None:
+    """eval.voc_metric: null, one of VOC's interpolations or a list of them (pipeline/eval_protocol.py)."""
+    values = [] if v is None else [v] if isinstance(v, str) else v if isinstance(v, list) else None
+    if values is None or not all(isinstance(x, str) and x in INTERPOLATIONS for x in values) \
+            or len(set(values)) != len(values):
+        return f"must be null, {', '.join(INTERPOLATIONS)} or a list of them, got {v!r}"
+    return None
+
+
 def _nonempty(v) -> str | None:
     return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
+
+
+EXPERIMENT_NAME_MAX = 500   # MLflow's MAX_EXPERIMENT_NAME_LENGTH (tests/test_reliability_tracking.py checks it)
+
+
+def _experiment(v) -> str | None:
+    if _nonempty(v):
+        return _nonempty(v)
+    return None if len(v) <= EXPERIMENT_NAME_MAX else \
+        f"must be at most {EXPERIMENT_NAME_MAX} characters (MLflow's limit), got {len(v)}"
 
 
 SCHEMA: dict[str, Any] = {
@@ -70,9 +92,11 @@ SCHEMA: dict[str, Any] = {
     "decode": {},     # FCOSConfig.check
     "train": {"batch_size": number(1, 4096, integer=True), "device": _device},   # + TrainConfig.check
     "eval": {"batch_size": number(1, 4096, integer=True), "backend": choice("faster", "pycocotools"),
-             "winograd": _winograd, "confusion_thresh": _thresh},
+             "device": _device, "amp": choice("none", "auto", "fp16", "bf16"), "winograd": _winograd,
+             "confusion_thresh": _thresh, "voc_metric": _voc_metric, "worst_images": number(0, 1000, integer=True),
+             "checkpoint": choice("last", "best")},
     "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": _thresh},
-    "tracking": {"enabled": of_type(bool), "experiment": _nonempty, "log_every": number(1, 100000, integer=True)},
+    "tracking": {"enabled": of_type(bool), "experiment": _experiment, "log_every": number(1, 100000, integer=True)},
     "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),
              "direction": choice("maximize", "minimize"), "seed": number(0, 2**32 - 1, integer=True),
              "pruner": choice("hyperband", "median", "none"), "storage": of_type(str, optional=True),
@@ -120,7 +144,15 @@ def validate(params: Any) -> list[str]:
     """Every problem of a full params dict, one 'section.key: problem' line each."""
     problems: list[str] = []
     _validate(params if params is not None else {}, SCHEMA, "", problems)
-    return problems
+    return problems or _across_sections(params)
+
+
+def _across_sections(params: dict) -> list[str]:
+    """Rules that join keys of different sections (checked once each key is valid on its own)."""
+    if params["eval"]["checkpoint"] == "best" and not params["train"]["eval_every"]:
+        return ["eval.checkpoint: best needs validation during training (the best epoch is the best validated "
+                "one): set train.eval_every > 0, or eval.checkpoint: last"]
+    return []
 
 
 def _count_nodes(node: Any, budget: list[int]) -> None:
@@ -131,17 +163,47 @@ def _count_nodes(node: Any, budget: list[int]) -> None:
         _count_nodes(child, budget)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently, so
+    the first value would be ignored without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_text_file(path: Path, limit: int = MAX_BYTES) -> str:
+    """The text of a regular file of at most `limit` bytes: a FIFO, device or folder is refused without
+    blocking or reading without end (UserError naming the file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO opens at once instead of waiting for a writer
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{path}: is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{path}: not a regular file (a pipe, device or socket)")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise UserError(f"{path}: larger than {limit // 1000} KB: not a params file")
+    return data.decode("utf-8")
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        if path.is_file() and path.stat().st_size > MAX_BYTES:
-            raise UserError(f"{path}: larger than {MAX_BYTES // 1000} KB: not a params file")
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(read_text_file(path), Loader=_UniqueKeyLoader)
         _count_nodes(data, [MAX_NODES])
         return data
     except FileNotFoundError:
         raise UserError(f"{path}: params file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not a params file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     except UserError as e:
@@ -162,24 +224,50 @@ def merge(base: dict, overlay: dict) -> dict:
     return out
 
 
-def read_params(path: str | Path = DEFAULT_PARAMS, _seen: tuple = ()) -> dict:
+MAX_OVERLAYS = 16   # a chain of `base:` files longer than this is refused (no real config needs more)
+
+
+def _sections(data: dict, path: Path) -> None:
+    """A params file's top level holds sections of params.yaml only. Unknown names are quoted only when they
+    look like a mistyped section (a short identifier): a file that is no params file at all (`base:
+    /etc/passwd`) is refused without copying its lines into the message."""
+    unknown = [k for k in data if k not in SCHEMA and k != "base"]
+    if not unknown:
+        return
+    names = [k for k in unknown if isinstance(k, str) and re.fullmatch(r"[A-Za-z_][\w-]{0,30}", k)]
+    if len(unknown) <= 3 and len(names) == len(unknown):
+        raise UserError(f"{path}: {', '.join(names)}: not a section of params.yaml ({', '.join(SCHEMA)})")
+    raise UserError(f"{path}: not a params file ({len(unknown)} top-level keys are not sections of params.yaml)")
+
+
+def read_params(path: str | Path = PARAMS, _seen: tuple = ()) -> dict:
     """The params of a file, unvalidated. A file with a top-level `base: OTHER.yaml` is an overlay: only
     the keys it sets differ from OTHER (a path relative to the working directory, like every path)."""
     path = Path(path)
     data = _read_yaml(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    _sections(data, path)
     if "base" not in data:
         return data
+    return _over_base(data, path, _seen)
+
+
+def _over_base(data: dict, path: Path, seen: tuple = ()) -> dict:
+    """An overlay's values merged over its base file's."""
+    data = dict(data)
     base = data.pop("base")
     if not isinstance(base, str):
         raise UserError(f"{path}: base: must be the path of a params file, got {base!r}")
-    if Path(base).resolve() in _seen or len(_seen) > 8:
-        raise UserError(f"{path}: base: {base} includes itself")
-    return merge(read_params(base, (*_seen, path.resolve())), data)
+    chain = (*seen, path.resolve())
+    if Path(base).resolve() in chain:
+        raise UserError(f"{path}: base: {base} includes itself (through {' -> '.join(p.name for p in chain)})")
+    if len(chain) >= MAX_OVERLAYS:
+        raise UserError(f"{path}: base: a chain of more than {MAX_OVERLAYS} overlays")
+    return merge(read_params(base, chain), data)
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+def load_params(path: str | Path = PARAMS) -> dict:
     """Read (overlays merged) and validate; UserError lists every problem, one per line, each prefixed with
     the file."""
     params = read_params(path)
@@ -214,25 +302,26 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def device_of(params: dict):
-    """train.device as a torch.device; a clear error for CUDA on a machine without it."""
+def device_of(params: dict, section: str = "train"):
+    """`<section>.device` (train: training; eval: evaluate, visualize and predict) as a torch.device; a
+    clear error for a device torch does not see."""
     import torch
-    d = params["train"]["device"]
+    d, key = params[section]["device"], f"{section}.device"
     if d == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if d.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device: {d} asked for, but torch sees no CUDA GPU here (use auto or cpu)")
+        raise UserError(f"{key}: {d} asked for, but torch sees no CUDA GPU here (use auto or cpu)")
     if d.startswith("cuda:") and int(d[5:]) >= torch.cuda.device_count():
-        raise UserError(f"train.device: {d} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+        raise UserError(f"{key}: {d} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
     if d == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UserError("train.device: mps asked for, but this torch has no MPS device")
+        raise UserError(f"{key}: mps asked for, but this torch has no MPS device")
     return torch.device(d)
-
 
 
 def set_values(path: str | Path, values: dict[str, Any]) -> None:
     """Set dotted keys ({"train.lr": 0.01, "data.coco.train_ann": "a.json"}) in a params file in place,
-    keeping its comments and layout (ruamel.yaml round trip); the result must validate."""
+    keeping its comments and layout (ruamel.yaml round trip); in an overlay, keys it does not hold yet are
+    added. The result (an overlay: merged over its base) must validate."""
     from io import StringIO
 
     from ruamel.yaml import YAML
@@ -241,20 +330,25 @@ def set_values(path: str | Path, values: dict[str, Any]) -> None:
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 4096
-    doc = rt.load(path.read_text(encoding="utf-8"))
+    _read_yaml(path)   # the checks every params file gets (size, regular file, YAML, no key twice)
+    doc = rt.load(read_text_file(path))
+    overlay = isinstance(doc, dict) and "base" in doc   # holds only some keys: the others are added to it
     for key, value in values.items():
         node, *parents = doc, *key.split(".")[:-1]
         for part in parents:
+            if overlay and part not in node:
+                node[part] = {}
             if not isinstance(node.get(part), dict):
                 raise UserError(f"{path}: {key}: no such section to set")
             node = node[part]
         leaf = key.split(".")[-1]
-        if leaf not in node:
+        if leaf not in node and not overlay:
             raise UserError(f"{path}: {key}: not a params key")
         node[leaf] = value
     text = StringIO()
     rt.dump(doc, text)
-    problems = validate(yaml.safe_load(text.getvalue()))
+    result = yaml.safe_load(text.getvalue())
+    problems = validate(_over_base(result, path) if "base" in result else result)   # an overlay: as merged
     if problems:
         raise UserError("\n".join(f"{path}: {p}" for p in problems))
     from .artifacts import write_text

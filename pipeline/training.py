@@ -8,15 +8,19 @@ from fcos import FCOS
 from fcos import distributed as dist
 from fcos.callbacks import Callback
 
-from .artifacts import PREPARED, load_dataset
+from .artifacts import load_dataset
 from .errors import UserError
+from .extra_callbacks import extra_callbacks
 from .params import model_config, train_config
+from .paths import PREPARED
 
 
 def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, resume: bool = False,
-          eval_every: int | None = None) -> dict:
+          eval_every: int | None = None, best: Path | None = None) -> dict:
     """fit() on data/prepared/train.json, validating on val.json every `eval_every` epochs (default
-    train.eval_every). Returns fit's result plus "num_images" and "classes"."""
+    train.eval_every), with `callbacks` and those FCOS_EXP_CALLBACKS names (pipeline/extra_callbacks.py);
+    `best`: where the best validated epoch's weights go (None: nowhere, as in tuning trials).
+    Returns fit's result plus "num_images" and "classes"."""
     from fcos.data import build_loader
     from fcos.engine import fit, seed_everything
 
@@ -42,7 +46,8 @@ def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, 
     model = FCOS(model_config(params, len(train_ds.classes)))
     loader = build_loader(train_ds, t["batch_size"], shuffle=True, num_workers=d["num_workers"], seed=t["seed"],
                           distributed=dist.is_distributed())
-    result = fit(model, loader, cfg, checkpoint_path=checkpoint, classes=train_ds.classes, callbacks=callbacks,
+    result = fit(model, loader, cfg, checkpoint_path=checkpoint, classes=train_ds.classes,
+                 callbacks=[*callbacks, *extra_callbacks()],
                  val_loader=val_loader, val_gt=val_ds and PREPARED / "val.json",
-                 val_cat_ids=val_ds and val_ds.cat_ids, resume=resume, device=device)
+                 val_cat_ids=val_ds and val_ds.cat_ids, resume=resume, device=device, best_path=best)
     return {**result, "num_images": len(train_ds), "classes": train_ds.classes}

@@ -54,8 +54,8 @@ def log_run(client, experiment_id: str, name: str, params: dict, gt: dict, det: 
     from mlflow.entities import Metric, Param
 
     from fcos.bootstrap import bootstrap, gt_hash, match_table, standard_errors
-    from pipeline.artifacts import TEST_DETECTIONS
     from pipeline.detections import ARTIFACT_FOLDER, GT_TAG, SE_METRICS, write_detections
+    from pipeline.paths import TEST_DETECTIONS
 
     run_id = client.create_run(experiment_id, run_name=name, tags={GT_TAG: gt_hash(gt), **(tags or {})}).info.run_id
     replicates = bootstrap(match_table(gt, det), 200)

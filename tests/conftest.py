@@ -99,9 +99,12 @@ def run_cli(*args: str):
 
 def pause_env(folder: Path, step: int) -> tuple[dict, Path]:
     """An environment in which training stops after global step `step` until the returned file exists
-    (fcos.callbacks.PauseAtStep): tests act at a point they choose, however fast the machine is."""
+    (tests/pause_callback.py, added through FCOS_EXP_CALLBACKS): tests act at a point they choose, however
+    fast the machine is."""
     release = folder / f"release-step-{step}"
-    return {**os.environ, "FCOS_EXP_TEST_PAUSE": f"{step}:{release}"}, release
+    path = os.pathsep.join(filter(None, (str(ROOT / "tests"), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "FCOS_EXP_CALLBACKS": "pause_callback:from_env", "FCOS_EXP_TEST_PAUSE": f"{step}:{release}",
+            "PYTHONPATH": path}, release
 
 
 def wait_paused(proc, release: Path, limit: float = 900) -> None:

@@ -110,6 +110,20 @@ def test_training_steps_never_wait_for_the_gpu(shapes, tmp_path, amp):
     assert len(rec.values) == 6 and all(math.isfinite(v) for v in rec.values)
 
 
+def test_pinned_batches_from_workers_equal_those_loaded_here(shapes):
+    """Batches leave loader workers packed (fcos.data.loader.Packed): pinned, they are the same tensors."""
+    ds = VOCDataset(shapes, "trainval", train=True)
+    ds.flip_prob = 0.0
+    here, sent = list(build_loader(ds, 4, num_workers=0)), list(build_loader(ds, 4, num_workers=2))
+    assert len(here) == len(sent) == 2
+    for (images, targets), (images_w, targets_w) in zip(here, sent, strict=True):
+        for a, b in zip(images, images_w, strict=True):
+            assert b.is_pinned() and torch.equal(a, b) and a.stride() == b.stride()
+            assert torch.equal(b.to("cuda", non_blocking=True).cpu(), a)
+        for a, b in zip(targets, targets_w, strict=True):
+            assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
+
+
 def _close(got, want, box_atol):
     for w, h in zip(want, got, strict=True):
         assert len(w["scores"]) > 0

@@ -70,10 +70,19 @@ def test_detections_on_unknown_images_are_refused(voc_sample, tmp_path):
         coco_evaluate(gt, np.array([[987654, 1, 1, 5, 5, 0.9, 1]]))
 
 
-def test_no_detections_scores_zero(voc_sample, tmp_path):
+def test_no_detections_scores_zero_where_there_is_ground_truth_and_none_elsewhere(voc_sample, tmp_path):
+    """As COCOeval scores a detection that matches nothing: 0 for what the ground truth holds, None (COCO's
+    -1) for a class or a size it does not hold; never a made-up 0."""
     ds = VOCDataset(voc_sample, "test")
-    m = coco_evaluate(write_coco_gt(ds, tmp_path / "gt.json"), np.zeros((0, 7)))
-    assert m["AP"] == 0 and set(m["per_class_AP50"].values()) == {0.0}
+    ds.records = [r for r in ds.records if not (r.labels == 14).any()][:10]     # no person: a class without GT
+    gt = write_coco_gt(ds, tmp_path / "gt.json")
+    m = coco_evaluate(gt, np.zeros((0, 7)))
+    present = {ds.classes[int(lab)] for r in ds.records for lab in r.labels}
+    assert m["AP"] == 0 and "person" not in present
+    assert m["per_class_AP50"] == {c: (0.0 if c in present else None) for c in ds.classes}
+    far = np.array([[ds.records[0].image_id, 0, 0, 1, 1, 0.01, ds.cat_ids[0]]])   # one detection on nothing
+    ref = coco_evaluate(gt, far)
+    assert {k: m[k] is None for k in STAT_NAMES} == {k: ref[k] is None for k in STAT_NAMES}
 
 
 def test_evaluate_reports_metrics_and_timings_apart(voc_sample, tmp_path):

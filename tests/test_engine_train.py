@@ -106,7 +106,7 @@ def test_killed_checkpoint_write_keeps_the_last_good_one(tmp_path):
         def __reduce__(self):
             raise RuntimeError("disk full")
 
-    with pytest.raises(OSError, match="previous one is kept"):
+    with pytest.raises(OSError, match="the previous checkpoint is kept"):
         save_checkpoint(path, {**state, "epoch": 2, "w": Boom()})
     assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
     path.write_bytes(b"garbage")

@@ -5,6 +5,7 @@ import subprocess
 
 import mlflow
 import pytest
+import torch
 import yaml
 from conftest import git_project, tiny_params
 
@@ -45,6 +46,10 @@ def test_dvc_repro_end_to_end(repo, tracking_uri):
     assert ev["num_images"] == 4 and 0 <= ev["AP50"] <= 1
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train", "evaluate", "visualize"}
+    # validation off (the default): models/best.pt, a declared output, holds the last epoch and says so
+    assert "models/best.pt" in {o["path"] for o in lock["stages"]["train"]["outs"]}
+    best = torch.load(repo / "models/best.pt", weights_only=True)
+    assert best["best"]["epoch"] is None and best["epoch"] == 1
     assert (repo / "plots/detections/mosaic.png").is_file() and (repo / "plots/figures/lr.png").is_file()
 
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)

@@ -138,10 +138,13 @@ def model():
      "image 0: box 0 .* is not finite"),
     ([torch.rand(3, 30, 40)], [{"boxes": torch.tensor([[1.0, 2, 5, 9], [0, 0, float("inf"), 9]]),
                                 "labels": torch.tensor([0, 1])}], "image 0: box 1 .* is not finite"),
+    ([torch.rand(3, 30, 40)], [None], "image 0: target must be a dict with boxes and labels, got NoneType"),
+    ([torch.rand(3, 30, 40)], [{"labels": torch.tensor([0])}], "image 0: boxes must be a float tensor"),
 ])
 def test_model_refuses_bad_input_with_a_clear_error(model, images, targets, message):
+    from fcos.errors import InputError
     model.train(targets is not None)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         model(images, targets)
 
 

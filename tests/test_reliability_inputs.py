@@ -340,3 +340,72 @@ def test_unwritable_output_folder(project):
     Path("data").write_text("a file where the output folder should be")
     r = run_cli("prepare")
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+def one_line(r, message, code=2):
+    assert r.exit_code == code and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero", "folder"])
+def test_params_or_base_at_a_fifo_device_or_folder_is_refused_without_reading(project, target):
+    path = {"fifo": str(project / "fifo"), "/dev/zero": "/dev/zero", "folder": str(project)}[target]
+    if target == "fifo":
+        os.mkfifo(path)
+    one_line(run_cli("prepare", "--params", path), "not a regular file" if target != "folder" else "is a folder")
+    (project / "over.yaml").write_text(yaml.safe_dump({"base": path}))
+    one_line(run_cli("prepare", "--params", "over.yaml"), "not a regular file" if target != "folder" else "is a folder")
+
+
+def test_a_base_that_is_no_params_file_is_refused_without_echoing_it(project):
+    secret = "".join(f"user{i}: $6$salt{i}$hashhashhash\n" for i in range(20))
+    (project / "secret").write_text(secret)
+    (project / "over.yaml").write_text(yaml.safe_dump({"base": "secret"}))
+    r = run_cli("prepare", "--params", "over.yaml")
+    one_line(r, "secret: not a params file (20 top-level keys are not sections of params.yaml)")
+    assert "hash" not in r.stderr and "user1" not in r.stderr
+    (project / "typo.yaml").write_text(yaml.safe_dump({"base": "params.yaml", "trian": {"lr": 0.1}}))
+    one_line(run_cli("prepare", "--params", "typo.yaml"), "typo.yaml: trian: not a section of params.yaml")
+
+
+def test_a_key_given_twice_is_refused_by_every_command(project):
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(text + "\ntrain:\n  lr: 0.5\n")
+    one_line(run_cli("prepare"), "key 'train' given twice")
+    (project / "cfg.yaml").write_text(yaml.safe_dump({"base": "params.yaml"}))
+    one_line(run_cli("use", "cfg.yaml"), "key 'train' given twice")
+
+
+def test_overlay_chains_long_and_looping(project):
+    previous = "params.yaml"
+    for i in range(10):                                   # ten overlays deep: fine
+        (project / f"o{i}.yaml").write_text(yaml.safe_dump({"base": previous, "train": {"lr": 0.001 * (i + 1)}}))
+        previous = f"o{i}.yaml"
+    from pipeline.params import MAX_OVERLAYS, load_params
+    assert load_params("o9.yaml")["train"]["lr"] == pytest.approx(0.01)
+    for i in range(10, MAX_OVERLAYS + 1):
+        (project / f"o{i}.yaml").write_text(yaml.safe_dump({"base": f"o{i - 1}.yaml"}))
+    one_line(run_cli("prepare", "--params", f"o{MAX_OVERLAYS}.yaml"), f"a chain of more than {MAX_OVERLAYS} overlays")
+    (project / "a.yaml").write_text(yaml.safe_dump({"base": "b.yaml"}))
+    (project / "b.yaml").write_text(yaml.safe_dump({"base": "a.yaml"}))
+    one_line(run_cli("prepare", "--params", "a.yaml"), "includes itself")
+
+
+def test_use_writes_into_an_overlay_params_file(project):
+    (project / "mine.yaml").write_text("base: params.yaml  # my settings\ntrain:\n  lr: 0.001\n")
+    (project / "cfg.yaml").write_text(yaml.safe_dump({"base": "params.yaml", "train": {"lr": 0.003, "epochs": 2}}))
+    r = run_cli("use", "cfg.yaml", "--params", "mine.yaml")
+    assert r.exit_code == 0, r.stderr
+    from pipeline.params import load_params
+    assert load_params("mine.yaml")["train"]["lr"] == 0.003 and "# my settings" in (project / "mine.yaml").read_text()
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 7, "high", -0.1])
+def test_a_damaged_pr_json_is_one_line(project, threshold):
+    for stage in ("prepare", "train", "evaluate"):
+        assert run_cli(stage).exit_code == 0
+    pr = json.loads((project / "metrics/pr.json").read_text())
+    next(iter(pr["per_class"].values()))["threshold"] = threshold
+    (project / "metrics/pr.json").write_text(json.dumps(pr))
+    one_line(run_cli("visualize"), "metrics/pr.json: a threshold must be null or a number in [0, 1]")

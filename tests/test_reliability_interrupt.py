@@ -103,22 +103,3 @@ def test_interrupted_dvc_repro_finishes_when_run_again(tmp_path, tracking_uri):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (tmp_path / "metrics/eval.json").is_file() and (tmp_path / "plots/detections/mosaic.png").is_file()
     assert json.loads((tmp_path / "metrics/train.json").read_text())["epochs"] == 2
-
-
-def test_pause_hook_is_inert_unless_set_and_refuses_a_malformed_value(monkeypatch, tmp_path):
-    from fcos.callbacks import PauseAtStep, TrainState, pause_from_env
-
-    monkeypatch.delenv("FCOS_EXP_TEST_PAUSE", raising=False)
-    assert pause_from_env() == []
-    monkeypatch.setenv("FCOS_EXP_TEST_PAUSE", "soon:x")
-    with pytest.raises(ValueError, match="expected STEP:FILE"):
-        pause_from_env()
-    release = tmp_path / "go"
-    monkeypatch.setenv("FCOS_EXP_TEST_PAUSE", f"2:{release}")
-    [hook] = pause_from_env()
-    assert isinstance(hook, PauseAtStep)
-    hook.on_step_end(TrainState(global_step=1), {}, 0.0)           # another step: no pause, no marker
-    assert not (tmp_path / "go.reached").exists()
-    release.touch()
-    hook.on_step_end(TrainState(global_step=2), {}, 0.0)           # released already: returns at once
-    assert (tmp_path / "go.reached").exists()

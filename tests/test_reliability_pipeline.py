@@ -135,21 +135,24 @@ def test_resumed_training_keeps_the_step_log_of_finished_epochs(project):
     assert after[: len(rows.splitlines())] == rows.splitlines() and len(after) == 1 + 9
 
 
-def test_a_full_disk_while_checkpointing_leaves_the_old_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+def test_a_full_disk_while_checkpointing_leaves_the_old_checkpoint_and_no_temp_file(tmp_path):
+    """A real full filesystem (a 1 MB tmpfs): a small checkpoint fits, a 4 MB one does not."""
     from fcos.checkpoint import load_checkpoint, save_checkpoint
-    path = tmp_path / "ck.pt"
-    good = {"model": {}, "model_config": {}, "classes": ["a"], "epoch": 1, "global_step": 3}
-    save_checkpoint(path, good)
-
-    def full(obj, f, *a, **k):
-        f.write(b"x" * 100)
-        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
-    monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(OSError) as e:
-        save_checkpoint(path, {**good, "epoch": 2})
-    assert e.value.filename == str(path) and "previous one is kept" in str(e.value)
-    monkeypatch.undo()
-    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        path = disk / "ck.pt"
+        good = {"model": {}, "model_config": {}, "classes": ["a"], "epoch": 1, "global_step": 3}
+        save_checkpoint(path, good)
+        with pytest.raises(OSError) as e:
+            save_checkpoint(path, {**good, "epoch": 2, "model": {"w": torch.zeros(1 << 20)}})
+        assert e.value.filename == str(path) and "the previous checkpoint is kept" in str(e.value)
+        assert "No space left on device" in str(e.value) and "enforce" not in str(e.value)
+        assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in disk.iterdir()] == ["ck.pt"]
+    finally:
+        subprocess.run(["umount", str(disk)])
 
 
 def test_two_trainings_in_one_folder_one_refuses(project):
@@ -180,15 +183,17 @@ def test_predict_never_writes_over_its_inputs_and_keeps_every_output(project, tm
     photos.mkdir(), other.mkdir()
     Image.new("RGB", (64, 48), 90).save(photos / "x.png")
     Image.new("RGB", (64, 48), 90).save(other / "x.png")
+    Image.new("RGB", (64, 48), 90).save(other / "x-2.png")    # a name the numbering gives too
     before = (photos / "x.png").read_bytes()
     one_error(run_cli("predict", str(photos), "-o", str(photos)), "would replace the input image")
     assert (photos / "x.png").read_bytes() == before
     out = tmp_path / "out"
     r = run_cli("predict", str(photos), str(other), "-o", str(out))
     assert r.exit_code == 0, r.stderr
-    assert sorted(p.name for p in out.glob("*.png")) == ["x-2.png", "x.png"]
-    outputs = [d["output"] for d in json.loads((out / "detections.json").read_text())]
-    assert outputs == [str(out / "x.png"), str(out / "x-2.png")]
+    assert sorted(p.name for p in out.glob("*.png")) == ["x-2.png", "x-3.png", "x.png"]   # one per input
+    pairs = [(d["file"], d["output"]) for d in json.loads((out / "detections.json").read_text())]
+    assert pairs == [(str(photos / "x.png"), str(out / "x.png")), (str(other / "x-2.png"), str(out / "x-2.png")),
+                     (str(other / "x.png"), str(out / "x-3.png"))]
 
 
 def test_tracking_uri_of_a_project_path_with_sqlite_special_characters(tmp_path, monkeypatch):
@@ -232,3 +237,33 @@ def test_a_non_journal_storage_file_is_named(project):
 def test_tiny_params_still_valid():
     from pipeline.params import validate
     assert validate(tiny_params()) == []
+
+
+def test_a_prepared_image_deleted_since_stops_evaluate_and_train_in_one_line(project):
+    trained(project)
+    test = json.loads((project / "data/prepared/test.json").read_text())
+    gone = project / "data/prepared" / test["image_root"] / test["images"][0]["file_name"]
+    gone.unlink()
+    line = one_error(run_cli("evaluate"), "data/prepared/test.json: the prepared test split is damaged",
+                     "run `fcos-exp prepare` again")
+    assert gone.name in line and not (project / "metrics/eval.json").exists()
+    train = json.loads((project / "data/prepared/train.json").read_text())
+    (project / "data/prepared" / train["image_root"] / train["images"][0]["file_name"]).unlink()
+    one_error(run_cli("train"), "data/prepared/train.json: the prepared train split is damaged")
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_checkpoint_is_one_true_line(project):
+    """A real full filesystem (a 1 MB tmpfs on models/): no torch internals in the message, and it says
+    whether an earlier checkpoint is kept."""
+    assert run_cli("prepare").exit_code == 0
+    models = project / "models"
+    models.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(models)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        line = one_error(run_cli("train"), "models/model.pt: checkpoint not written (No space left on device)",
+                         "there is no earlier checkpoint")
+        assert "enforce" not in line and not [p for p in models.iterdir() if p.name.startswith("model.pt")]
+    finally:
+        subprocess.run(["umount", str(models)])

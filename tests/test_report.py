@@ -273,3 +273,43 @@ def test_reproduce_command_diffs_against_the_runs_commit(tmp_path, monkeypatch):
     row.tags["git_commit"] = "0" * 40                     # a commit this repository does not have: diff against now
     assert reproduce_command(row, current, {}) == \
         "git checkout 000000000000 && dvc exp run -S train.lr=0.003 -S 'train.milestones=[0.5, 0.9]'"
+
+
+def test_out_never_replaces_or_deletes_what_the_report_did_not_write(project):
+    """--out a folder of the user's (docs/, .): their report.html and assets/ stay untouched, byte for byte;
+    the report's own files from an earlier run are replaced."""
+    docs = project / "docs"
+    (docs / "assets").mkdir(parents=True)
+    (docs / "assets" / "logo.png").write_bytes(b"mine")
+    (docs / "notes.md").write_text("keep")
+    r = run_cli("report", "--out", "docs")
+    assert r.exit_code == 2 and "docs/assets/logo.png: exists and was not written by `fcos-exp report`" in r.stderr
+    assert (docs / "assets" / "logo.png").read_bytes() == b"mine" and not (docs / "report.html").exists()
+    (docs / "assets" / "logo.png").unlink()
+    (docs / "report.html").write_text("<p>my page</p>")
+    r = run_cli("report", "--out", "docs")
+    assert r.exit_code == 2 and "docs/report.html: exists and was not written" in r.stderr.replace("\n", " ")
+    assert (docs / "report.html").read_text() == "<p>my page</p>"
+    (docs / "report.html").unlink()
+    assert run_cli("report", "--out", "docs").exit_code == 0     # an empty folder of the user's: fine
+    (docs / "report.html").write_text("stale")
+    assert run_cli("report", "--out", "docs").exit_code == 0     # its own earlier report: replaced
+    assert (docs / "report.html").read_text().startswith("<!doctype html>")
+    assert (docs / "notes.md").read_text() == "keep"
+    assert not [p for p in project.iterdir() if p.name.startswith(".docs-")]   # no staging folder left
+
+
+def test_a_non_finite_metric_neither_ranks_first_nor_prints_digits(project, tracking_uri):
+    import mlflow
+    c = mlflow.MlflowClient(tracking_uri)
+    exp = c.get_experiment_by_name("inf-check") or c.get_experiment(c.create_experiment("inf-check"))
+    for name, value in (("fine", 0.5), ("broken", float("inf"))):
+        run = c.create_run(exp.experiment_id, run_name=name)
+        c.log_metric(run.info.run_id, "test/AP50", value)
+        c.set_terminated(run.info.run_id)
+    r = run_cli("report", "--experiment", "inf-check", "--out", "inf")
+    assert r.exit_code == 0, r.stderr
+    md = (project / "inf/report.md").read_text()
+    board = md[md.index("| run |"):] if "| run |" in md else md
+    assert "e+308" not in md and "179769" not in md
+    assert board.index("fine") < board.index("broken")     # the finite run is the best one

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .images import load_image, to_tensor
@@ -49,26 +50,30 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, i: int):
         r = self.records[i]
-        image = to_tensor(load_image(r.file))
+        img = load_image(r.file)
         keep = np.ones(len(r.labels), bool)
         if self.train:
             keep &= ~r.iscrowd
             if not self.use_difficult:
                 keep &= ~r.difficult
         boxes = torch.from_numpy(r.boxes[keep].astype(np.float32)).reshape(-1, 4)
-        sx, sy = image.shape[2] / r.width, image.shape[1] / r.height   # annotation size vs decoded size
+        sx, sy = img.width / r.width, img.height / r.height   # annotation size vs decoded size
         if sx != 1 or sy != 1:
             boxes = boxes * torch.tensor([sx, sy, sx, sy])
         if self.train and torch.rand(()) < self.flip_prob:  # torch RNG: seeded per worker by the loader
-            image, boxes = hflip(image, boxes)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)   # on the bytes: 4x fewer than the floats
+            boxes = hflip_boxes(boxes, img.width)
         target = {"boxes": boxes, "labels": torch.from_numpy(r.labels[keep].astype(np.int64)),
                   "image_id": r.image_id, "difficult": torch.from_numpy(r.difficult[keep]),
                   "iscrowd": torch.from_numpy(r.iscrowd[keep])}
-        return image, target
+        return to_tensor(img), target
 
 
 def hflip(image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mirror image [3, H, W] and boxes [N, 4] left-right."""
-    w = image.shape[-1]
-    flipped = torch.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), dim=1)
-    return image.flip(-1), flipped
+    return image.flip(-1), hflip_boxes(boxes, image.shape[-1])
+
+
+def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """Boxes [N, 4] x1y1x2y2 of an image `width` pixels wide, mirrored left-right."""
+    return torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)

@@ -5,10 +5,12 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..errors import InputError
+
 log = logging.getLogger("fcos.data")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad input data: the message is one line naming the file and the problem.
 
     Raised in a DataLoader worker, it reaches the main process rebuilt from "Caught DataError in DataLoader

@@ -49,7 +49,8 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with _open(path) as img:
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
+            img = ImageOps.exif_transpose(img)   # a copy, or the image turned: either outlives the file
+            return img if img.mode == "RGB" else _to_rgb(img)
     except DataError:
         raise
     except UnidentifiedImageError:

@@ -5,9 +5,9 @@ report out, tuning.py reads the Optuna study, figures.py draws, html.py renders.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import shlex
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +18,10 @@ from fcos.coco_eval import STAT_NAMES as STATS
 
 from ..errors import UserError
 from ..params import flatten
+from ..paths import REPORTS
 from ..provenance import dataset_hash, git_commit, project_root
 from ..tracking import reader, tracking_uri
+from .publish import claim, publish, staging
 
 # Sortable metrics where lower is better, and the MLflow metric each one is read from.
 LOWER_IS_BETTER = {"ms_per_image": "test/ms_per_image", "train_seconds": "train_summary/train_seconds"}
@@ -42,7 +44,10 @@ class Row:
     curves: dict = field(default_factory=dict)
 
     def value(self, key: str):
-        return self.metrics.get(LOWER_IS_BETTER.get(key, f"test/{key}"))
+        """The metric, or None when absent or not finite: MLflow's sqlite store keeps inf as the largest
+        float, which must neither rank first nor print as a 309-digit number."""
+        v = self.metrics.get(LOWER_IS_BETTER.get(key, f"test/{key}"))
+        return v if v is not None and math.isfinite(v) and abs(v) < 1e300 else None
 
 
 def search_all(client, exp_id: str) -> list:
@@ -160,23 +165,35 @@ def _check(sort_by: str, status: str | None, filter_tag: str | None, last: int |
 
 def run(params: dict, console, experiment: str | None = None, filter_tag: str | None = None,
         status: str | None = None, last: int | None = None, sort_by: str = "AP50", baseline: str | None = None,
-        out: Path = Path("reports"), storage: str | None = None, study_name: str | None = None,
+        out: Path = REPORTS, storage: str | None = None, study_name: str | None = None,
         resamples: int | None = None, seed: int | None = None) -> Path:
     """Build the report; zero matching runs give a report (and a message) saying so, not an error."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep stderr to the final lines
+    status = _check(sort_by, status, filter_tag, last)
+    name = experiment or params["tracking"]["experiment"]
+    claim(out)   # before any work: a folder holding files of the user's is refused
+    client = reader()
+    exp = client.get_experiment_by_name(name)
+    with staging(out) as stage:
+        built = _build(params, console, client, exp, name, filter_tag, status, last, sort_by, baseline, stage,
+                       storage, study_name, resamples, seed)
+        publish(stage, out)
+    console.print(f"report of {built['runs']} runs: {(out / 'report.html').resolve()} (self-contained, open it in "
+                  f"a browser) and {(out / 'report.md').resolve()}")
+    return out / "report.html"
+
+
+def _build(params: dict, console, client, exp, name: str, filter_tag, status, last, sort_by, baseline,
+           out: Path, storage, study_name, resamples: int | None = None, seed: int | None = None) -> dict:
+    """The report's files in `out` (a staging folder); returns {"runs": the number reported}."""
     from .compare import group_rows, paired_context  # seed repeats as one row; paired bootstrap intervals
+    from .errors import error_blocks, protocol_header  # protocols, TIDE errors, worst images
     from .eval import eval_blocks  # PR / F1 / confusion of the top runs, the dataset figure
     from .html import render_html, render_markdown
     from .sections import build_blocks
     from .tuning import tuning_section
 
-    status = _check(sort_by, status, filter_tag, last)
-    name = experiment or params["tracking"]["experiment"]
-    client = reader()
-    exp = client.get_experiment_by_name(name)
-    out.mkdir(parents=True, exist_ok=True)
     assets = out / "assets"
-    shutil.rmtree(assets, ignore_errors=True)
     assets.mkdir()
     runs = search_all(client, exp.experiment_id) if exp else []
     rows = sort_rows(fetch_rows(runs, filter_tag, status, last), sort_by)
@@ -192,7 +209,8 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
         "title": f"fcos-exp report: {name}",
         "header": {"git commit": git_commit(), "dataset hash": dataset_hash(), "tracking URI": tracking_uri(),
                    "experiment": name, "filters": filters, "sorted by": sort_by,
-                   "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")},
+                   "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+                   **protocol_header(rows)},
         "rows": rows, "groups": groups, "sort_by": sort_by, "val_metric": val_metric, "top": top,
         "best": top[0] if top else None, "baseline": pick_baseline(rows, baseline),
         "commands": {r.run_id: reproduce_command(r, current, cache) for r in rows},
@@ -206,12 +224,11 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
     else:
         ctx["paired"] = paired_context(client, groups, ctx["baseline"], sort_by, resamples, seed)
         ctx["detections"], ctx["no_detections"] = detection_images(client, ctx["best"], assets)
-        ctx["eval_blocks"] = eval_blocks(client, ctx["top"], ctx["best"], assets)
+        ctx["eval_blocks"] = eval_blocks(client, ctx["top"], ctx["best"], assets) + \
+            error_blocks(client, rows, ctx["top"], ctx["best"], assets)
     blocks = build_blocks(ctx)
     (out / "report.md").write_text(render_markdown(ctx["title"], blocks, out))
     (out / "report.html").write_text(render_html(ctx["title"], blocks))
     if not rows:
         console.print(ctx["empty"])
-    console.print(f"report of {len(rows)} runs: {(out / 'report.html').resolve()} (self-contained, open it in "
-                  f"a browser) and {(out / 'report.md').resolve()}")
-    return out / "report.html"
+    return {"runs": len(rows)}

@@ -11,18 +11,11 @@ def label(row) -> str:
     return f"{row.name} ({row.run_id[:8]})"
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def curves_figure(rows, metric: str, path: Path) -> Path | None:
     """Per-step final loss (left) and per-epoch validation `metric` when recorded (right), shared by the runs."""
     if not any(r.curves for r in rows):
         return None
-    plt = _plt()
+    from ..mpl import plt, save
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
     for r in rows:
         loss = r.curves.get("train/final_loss")
@@ -44,10 +37,7 @@ def curves_figure(rows, metric: str, path: Path) -> Path | None:
     if not any(f"val/{metric}" in r.curves for r in rows):
         ax2.text(0.5, 0.5, "no validation during training\n(train.eval_every: 0)", ha="center", va="center",
                  transform=ax2.transAxes, color="gray")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def per_class_ap50(row) -> dict[str, float]:
@@ -59,7 +49,7 @@ def per_class_figure(rows, path: Path) -> Path | None:
     classes = sorted({c for r in rows for c in per_class_ap50(r)})
     if not classes:
         return None
-    plt = _plt()
+    from ..mpl import plt, save
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(classes) * len(rows) + 2), 3.8), dpi=100)
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
@@ -68,7 +58,4 @@ def per_class_figure(rows, path: Path) -> Path | None:
     ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=45, ha="right")
     ax.set(ylim=(0, 1), ylabel="AP50", title="per-class AP50 of the top runs")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..artifacts import PREPARED
 from ..errors import UserError
+from ..paths import PREPARED
 
 
 def run(params: dict, console, model_path: Path, out: Path, check_images: int) -> dict:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import MODEL, load_trained, write_text
+from ..artifacts import load_trained, write_text
 from ..errors import UserError
-from ..params import device_of
+from ..paths import PR_METRICS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -28,13 +28,18 @@ def collect(inputs: list[Path]) -> list[Path]:
 
 
 def output_names(files: list[Path], out_dir: Path) -> list[Path]:
-    """<stem>.png per image in out_dir; a stem met again gets -2, -3, ... (a/x.jpg and b/x.jpg both kept).
-    An output that would replace an input image is refused: predict never writes over its inputs."""
-    taken: dict[str, int] = {}
+    """<stem>.png per image in out_dir; a name already given (case aside) gets -2, -3, ... until it is free
+    (a/x.jpg, b/x.jpg and c/x-2.jpg give x.png, x-2.png and x-2-2.png). An output that would replace an
+    input image is refused: predict never writes over its inputs."""
+    taken: set[str] = {"detections.json"}
     outs = []
     for f in files:
-        n = taken[f.stem.lower()] = taken.get(f.stem.lower(), 0) + 1
-        outs.append(out_dir / (f"{f.stem}.png" if n == 1 else f"{f.stem}-{n}.png"))
+        name, n = f"{f.stem}.png", 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{f.stem}-{n}.png"
+        taken.add(name.lower())
+        outs.append(out_dir / name)
     inputs = {f.resolve() for f in files}
     clash = next((o for o in outs if o.resolve() in inputs), None)
     if clash is not None or (out_dir / "detections.json").resolve() in inputs:
@@ -42,10 +47,9 @@ def output_names(files: list[Path], out_dir: Path) -> list[Path]:
     return outs
 
 
-def detector(params: dict, model_path: Path | None, device):
-    """(detect: PIL image -> {"boxes", "scores", "labels"} numpy arrays, class names) for models/model.pt
-    (None), another checkpoint, or an exported .onnx graph run by onnxruntime."""
-    import torch
+def detector(params: dict, model_path: Path | None):
+    """(detect: PIL image -> {"boxes", "scores", "labels"} numpy arrays, class names) for the checkpoint
+    eval.checkpoint names (None), another checkpoint, or an exported .onnx graph run by onnxruntime."""
 
     from fcos.data import to_tensor
 
@@ -58,12 +62,12 @@ def detector(params: dict, model_path: Path | None, device):
         except ImportError:
             raise UserError("an .onnx model needs onnxruntime: pip install 'fcos-exp[export]'") from None
         return onnx, onnx.classes
-    model, classes = load_trained(params, device, model_path or MODEL)
+    trained = load_trained(params, model_path)
 
-    @torch.inference_mode()
     def detect(image):
-        return {k: v.cpu().numpy() for k, v in model([to_tensor(image).to(device)])[0].items()}
-    return detect, classes
+        return {k: (v.float() if v.is_floating_point() else v).cpu().numpy()
+                for k, v in trained.detect([to_tensor(image)])[0].items()}
+    return detect, trained.classes
 
 
 def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: float | str | None,
@@ -71,13 +75,13 @@ def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: 
     from fcos.data import DataError, load_image
 
     from ..drawing import draw_boxes
-    from ..eval_analysis import NO_F1_THRESH, PR_METRICS, class_thresholds
+    from ..eval_analysis import NO_F1_THRESH, class_thresholds
     from ..progress import bar
 
     files = collect(inputs)
     outs = output_names(files, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    detect, classes = detector(params, model_path, device_of(params))
+    detect, classes = detector(params, model_path)
     setting = params["visualize"]["score_thresh"] if score_thresh is None else score_thresh
     if score_thresh is None and setting == "f1" and not PR_METRICS.is_file():
         console.print(f"no {PR_METRICS} yet (`fcos-exp evaluate` writes it): drawing scores >= {NO_F1_THRESH}")

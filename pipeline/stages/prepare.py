@@ -5,11 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import PREPARED, write_json
+from ..artifacts import replaced_folder, write_json
 from ..errors import UserError
+from ..paths import DATASET_PLOTS, PREPARED
 
 
-def _records(params: dict, report):
+def _records(params: dict, report, prepared: Path):
     """(train records, test records, classes, cat_ids) for the configured format."""
     from fcos.data import generate_shapes, read_coco, read_voc
     d = params["data"]
@@ -28,7 +29,7 @@ def _records(params: dict, report):
         return train, test, classes, cat_ids
     if d["format"] == "shapes":
         s = d["shapes"]
-        root = generate_shapes(PREPARED / "shapes", seed=s["seed"], num_trainval=s["num_trainval"],
+        root = generate_shapes(prepared / "shapes", seed=s["seed"], num_trainval=s["num_trainval"],
                                num_test=s["num_test"], image_size=s["image_size"],
                                min_radius=s["min_radius"], colours=s["colours"])
     else:
@@ -48,11 +49,20 @@ def _source(params: dict, split: str) -> str:
 
 
 def run(params: dict, console) -> dict:
-    """Writes data/prepared/{train,val,test}.json and summary.json; returns the summary."""
+    """Writes data/prepared/{train,val,test}.json and summary.json (and shapes/ for the embedded data), all
+    at once: an interrupted prepare leaves the previous data/prepared as it was. Returns the summary."""
+    with replaced_folder(PREPARED) as prepared:
+        summary, problems = _prepare(params, prepared)
+    console.print(f"[bold]prepared[/] {summary['images']} images, {summary['boxes']} boxes, "
+                  f"{len(summary['classes'])} classes; {problems}; look at {DATASET_PLOTS / 'dataset.png'}")
+    return summary
+
+
+def _prepare(params: dict, prepared: Path) -> tuple[dict, str]:
+    """The splits written into `prepared`; returns the summary and the one-line account of problems."""
     from fcos.data import DataReport, write_coco
-    PREPARED.mkdir(parents=True, exist_ok=True)
     report = DataReport(strict=params["data"]["strict"])
-    train, test, classes, cat_ids = _records(params, report)
+    train, test, classes, cat_ids = _records(params, report, prepared)
     for split, records in (("train", train), ("test", test)):
         if not records:
             raise UserError(f"{_source(params, split)}: the {split} split has no usable images")
@@ -65,18 +75,16 @@ def run(params: dict, console) -> dict:
         raise UserError(f"data.val_fraction: {params['data']['val_fraction']} leaves no training image "
                         f"of {len(val)}")
     ignore_difficult = not params["data"]["eval_difficult"]
-    write_coco(PREPARED / "train.json", train, classes, cat_ids, False)
-    write_coco(PREPARED / "val.json", val, classes, cat_ids, ignore_difficult)
-    write_coco(PREPARED / "test.json", test, classes, cat_ids, ignore_difficult)
+    write_coco(prepared / "train.json", train, classes, cat_ids, False)
+    write_coco(prepared / "val.json", val, classes, cat_ids, ignore_difficult)
+    write_coco(prepared / "test.json", test, classes, cat_ids, ignore_difficult)
     summary = {"format": params["data"]["format"], "classes": classes,
                "images": {"train": len(train), "val": len(val), "test": len(test)},
                "boxes": {k: int(sum(len(r.boxes) for r in v))
                          for k, v in (("train", train), ("val", val), ("test", test))},
                "problems": dict(report.counts), "problem_lines": report.lines[:1000]}
     # Dataset statistics per split (summary.json "stats") and plots/dataset/ (dataset.png, objects_per_class.csv).
-    from ..figures_dataset import DATASET_PLOTS, write_dataset_outputs
+    from ..figures_dataset import write_dataset_outputs
     summary["stats"] = write_dataset_outputs({"train": train, "val": val, "test": test}, classes)
-    write_json(PREPARED / "summary.json", summary)
-    console.print(f"[bold]prepared[/] {summary['images']} images, {summary['boxes']} boxes, "
-                  f"{len(classes)} classes; {report.summary()}; look at {DATASET_PLOTS / 'dataset.png'}")
-    return summary
+    write_json(prepared / "summary.json", summary)
+    return summary, report.summary()

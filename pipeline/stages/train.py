@@ -1,35 +1,32 @@
-"""Stage train: fit the detector on data/prepared/train.json; writes models/model.pt, metrics/train.json and
-plots/train_steps.csv, tracked as one MLflow run."""
+"""Stage train: fit the detector on data/prepared/train.json; writes models/model.pt (the last epoch),
+models/best.pt (the best validated epoch), metrics/train.json and plots/train_steps.csv, tracked as one MLflow run."""
 from __future__ import annotations
 
 import fcntl
 import os
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 from fcos import FCOSConfig
 from fcos import distributed as dist
 from fcos.config import DECODE_KEYS
 
-from ..artifacts import MODEL, PREPARED, STEPS_CSV, TRAIN_METRICS, load_dataset, write_json
+from ..artifacts import load_dataset, write_json
 from ..errors import UserError
-from ..figures_dataset import DATASET_PLOTS
 from ..params import device_of, flatten, model_config
+from ..paths import BEST_MODEL, DATASET_PLOTS, MODEL, PREPARED, STEPS_CSV, TRAIN_LOCK, TRAIN_METRICS
 from ..progress import ProgressCallback
 from ..provenance import dataset_hash, git_commit
 from ..steplog import StepLog
 from ..tracking import MlflowCallback, Tracker
 from ..training import train
 
-LOCK = Path("models/.train.lock")
-
 
 @contextmanager
 def _only_training_here():
     """One `fcos-exp train` per folder: a second one stops at once instead of overwriting the first's
     checkpoint (the lock goes with the process, also when it is killed)."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "w") as f:
+    TRAIN_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(TRAIN_LOCK, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -57,6 +54,13 @@ def _check_resumable(params: dict) -> int:
     return int(ckpt["global_step"])
 
 
+def _patience_note(best: dict, patience: int, epochs: int) -> str:
+    found = f"the best, {best['value']:.4f}, at epoch {best['epoch']} is in {BEST_MODEL}" if best["epoch"] else \
+        f"no validation gave a {best['metric']} value"
+    return (f"stopped early after epoch {epochs}: validation {best['metric']} has not improved for {patience} "
+            f"validations (train.patience); {found}")
+
+
 def run(params: dict, console, resume: bool = False) -> dict:
     import torch
 
@@ -78,7 +82,7 @@ def run(params: dict, console, resume: bool = False) -> dict:
                 tracker.log_artifact(PREPARED / "summary.json", "dataset")
             callbacks = [ProgressCallback(console, t["batch_size"] * dist.world_size()),
                          StepLog(STEPS_CSV, resume_step), MlflowCallback(tracker, params["tracking"]["log_every"])]
-            result = train(params, MODEL, callbacks if main else [], device, resume=resume)
+            result = train(params, MODEL, callbacks if main else [], device, resume=resume, best=BEST_MODEL)
             history = result["history"]
             last = history[-1] if history else {}
             summary = {**{k: last.get(k) for k in ("final_loss", "cls_loss", "reg_loss", "ctr_loss")},
@@ -86,12 +90,20 @@ def run(params: dict, console, resume: bool = False) -> dict:
                        "train_seconds": sum(h["seconds"] for h in history),
                        "images_per_second": sum(h["images_per_second"] for h in history) / max(1, len(history)),
                        "num_images": result["num_images"], "stopped_early": result["stopped_early"]}
+            best = result["best"]
+            if best["epoch"] is not None:   # absent without a validation value: numbers are honest or absent
+                summary.update(best_metric=best["metric"], best_epoch=best["epoch"], best_value=best["value"])
             if main:
+                if result["stopped_by"] == "patience":
+                    console.print(_patience_note(best, t["patience"], result["epochs"]))
                 if t["amp"] == "auto":
                     console.print(f"train.amp auto: trained with {result['amp']}")
                 tracker.set_tags({"amp": result["amp"]})   # as it ran (train.amp auto resolved)
                 write_json(TRAIN_METRICS, summary)
-                tracker.log_metrics({f"train_summary/{k}": v for k, v in summary.items() if k != "stopped_early"})
+                tracker.log_metrics({f"train_summary/{k}": v for k, v in summary.items()
+                                     if k not in ("stopped_early", "best_metric")})
+                if best["epoch"] is not None:
+                    tracker.log_metrics({"best_epoch": best["epoch"], f"best_val_{best['metric']}": best["value"]})
                 tracker.log_model(MODEL, "fcos", {**flatten({"model": params["model"]}),
                                                   "classes": ",".join(result["classes"])})
                 tracker.log_artifact(TRAIN_METRICS, "metrics")

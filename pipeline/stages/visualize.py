@@ -5,10 +5,10 @@ import json
 
 from PIL import Image
 
-from ..artifacts import DETECTIONS, EVAL_METRICS, FIGURES, STEPS_CSV, load_dataset, load_trained
+from ..artifacts import load_dataset, load_trained
 from ..drawing import draw_boxes, per_class_bars, read_steps, side_by_side, training_curves
 from ..eval_analysis import class_thresholds
-from ..params import device_of
+from ..paths import DETECTIONS, EVAL_METRICS, STEPS_CSV, TRAINING_FIGURES
 from ..tracking import Tracker, tracking_uri
 
 MIN_SIDE = 256   # panels are drawn at least this large: the embedded 128-px images at 256
@@ -38,23 +38,22 @@ def run(params: dict, console) -> dict:
 
     from fcos.data import load_image
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
+    TRAINING_FIGURES.mkdir(parents=True, exist_ok=True)
     DETECTIONS.mkdir(parents=True, exist_ok=True)
-    figures = training_curves(read_steps(STEPS_CSV), FIGURES) if STEPS_CSV.is_file() else []
+    figures = training_curves(read_steps(STEPS_CSV), TRAINING_FIGURES) if STEPS_CSV.is_file() else []
     if EVAL_METRICS.is_file():
         figures.append(per_class_bars(json.loads(EVAL_METRICS.read_text())["per_class_AP50"],
-                                      FIGURES / "per_class_ap50.png"))
-    device = device_of(params)
-    model, classes = load_trained(params, device)
+                                      TRAINING_FIGURES / "per_class_ap50.png"))
+    trained = load_trained(params)
+    classes = trained.classes
     test_ds = load_dataset("test")
     # [K]: the number, or each class's F1-optimal threshold (metrics/pr.json)
-    thresh = torch.as_tensor(class_thresholds(params["visualize"]["score_thresh"], classes), device=device)
+    thresh = torch.as_tensor(class_thresholds(params["visualize"]["score_thresh"], classes), device=trained.device)
     panels = []
     for i in pick_images(test_ds.records, params["visualize"]["num_images"]):
         r = test_ds.records[i]
         image = load_image(r.file)
-        with torch.inference_mode():
-            det = model([test_ds[i][0].to(device)])[0]
+        det = trained.detect([test_ds[i][0]])[0]
         keep = det["scores"] >= thresh[det["labels"]]
         gt = draw_boxes(image, r.boxes, r.labels, classes, min_side=MIN_SIDE)
         pred = draw_boxes(image, det["boxes"][keep].cpu(), det["labels"][keep].cpu(), classes,
@@ -65,10 +64,10 @@ def run(params: dict, console) -> dict:
     if panels:
         mosaic(panels).save(DETECTIONS / "mosaic.png")
     with Tracker(params, new_run=False) as tracker:
-        tracker.log_artifact(FIGURES, "figures")
+        tracker.log_artifact(TRAINING_FIGURES, "figures")
         tracker.log_artifact(DETECTIONS, "detections")
         run_id = tracker.run_id
-    console.print(f"figures: {FIGURES}/  detections: {DETECTIONS}/ (start with {DETECTIONS / 'mosaic.png'})")
+    console.print(f"figures: {TRAINING_FIGURES}/  detections: {DETECTIONS}/ (start with {DETECTIONS / 'mosaic.png'})")
     if run_id:
         console.print(f"MLflow run {run_id} in {tracking_uri()}: `mlflow ui --backend-store-uri {tracking_uri()}`")
     return {"figures": [str(f) for f in figures], "detections": len(panels)}

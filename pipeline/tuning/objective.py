@@ -59,7 +59,7 @@ class Objective:
                 tracker.set_tags({"optuna_state": "FAIL"})
                 tracker.status = "FAILED"
                 return float("nan")
-            if result["stopped_early"]:
+            if result["stopped_by"] == "callback":   # pruned (train.patience ends a trial as complete)
                 tracker.set_tags({"optuna_state": "PRUNED"})
                 raise optuna.TrialPruned()
             tracker.set_tags({"optuna_state": "COMPLETE"})

@@ -1,0 +1,71 @@
+"""Where a report goes: built in a staging folder beside `--out`, then moved in; files there that an earlier
+`fcos-exp report` did not write (listed in `--out`/.fcos-exp-report) are never replaced or deleted."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import UserError
+
+MANIFEST = ".fcos-exp-report"   # the files (relative paths) the last report wrote into its folder
+OWNED = ("report.md", "report.html", "assets")
+
+
+def _written(out: Path) -> set[str]:
+    try:
+        names = json.loads((out / MANIFEST).read_text())
+        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+    except (OSError, ValueError):
+        return set()
+
+
+def _files(path: Path, root: Path) -> list[str]:
+    if path.is_dir() and not path.is_symlink():
+        return [str(p.relative_to(root)) for p in sorted(path.rglob("*")) if not p.is_dir() or p.is_symlink()]
+    return [str(path.relative_to(root))] if path.exists() or path.is_symlink() else []
+
+
+def claim(out: Path) -> None:
+    """UserError when `out` holds a report.md, report.html or assets/ file an earlier report did not write."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+    ours = _written(out)
+    for name in OWNED:
+        foreign = [f for f in _files(out / name, out) if f not in ours]
+        if foreign:
+            raise UserError(f"{out / foreign[0]}: exists and was not written by `fcos-exp report`; choose another "
+                            "--out or move it (nothing was changed)")
+
+
+@contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A fresh folder beside `out` to build the report in; removed afterwards, whatever happens."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, out: Path) -> None:
+    """Move the staged report into `out`: the earlier report's own files go, nothing else is touched."""
+    claim(out)   # again: the folder may have changed while the report was built
+    out.mkdir(parents=True, exist_ok=True)
+    for name in sorted(_written(out), reverse=True):   # files before their folders
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    for folder in sorted({(out / n).parent for n in _written(out)}, key=lambda p: -len(p.parts)):
+        if folder != out and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    new = [f for name in OWNED for f in _files(stage / name, stage)]
+    for name in new:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / name, out / name)
+    (out / MANIFEST).write_text(json.dumps(new, indent=0))

@@ -1,0 +1,104 @@
+"""The offline queue: tracking operations kept in models/mlflow_pending.jsonl while MLflow is unreachable,
+each with the store it was meant for, and `fcos-exp sync`, which replays them in order."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from fcos.files import atomic_write
+
+from ..errors import UserError
+from ..paths import PENDING_FILE
+from .ops import apply, create_run, run_exists
+from .runfile import last_run, write_run_file
+from .store import client, tracking_uri
+
+
+def append_pending(run_id: str, op: str, payload, uri: str) -> None:
+    PENDING_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(PENDING_FILE, "a") as f:
+        f.write(json.dumps({"run": run_id, "op": op, "payload": payload, "uri": uri}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def pending_steps(run_id: str, metric: str) -> list[int]:
+    """Steps of `metric` kept in the queue for `run_id` (a pending or a real id)."""
+    if not PENDING_FILE.is_file():
+        return []
+    steps = []
+    for rec in _read(PENDING_FILE):
+        if rec["run"] == run_id and rec["op"] == "metrics":
+            steps += [row[2] for row in rec["payload"] if row[0] == metric]
+    return steps
+
+
+def _read(path: Path) -> list[dict]:
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            rec = json.loads(line) if line.strip() else None
+        except ValueError:
+            rec = None
+        if line.strip() and not (isinstance(rec, dict) and {"run", "op", "payload"} <= set(rec)):
+            raise UserError(f"{path}: line {n} is not a pending tracking operation")
+        if rec:
+            records.append(rec)
+    return records
+
+
+def _named(rec: dict, ids: dict[str, str]) -> dict:
+    return {**rec, "run": ids.get(rec["run"], rec["run"])}
+
+
+def _refused(e: Exception) -> bool:
+    """MLflow answered that the data itself is invalid: sending it again can never succeed."""
+    return getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE"
+
+
+def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int]:
+    """Send the operations kept while MLflow was unreachable, in order, each to the store it was meant for.
+    A run created offline gets its real id at once, in models/mlflow_run.json too and in what is left when a
+    send fails (so a later sync goes on from there). Operations of a run that no longer exists are dropped
+    and counted, as are operations MLflow refuses as invalid (they would fail every time; the first is
+    named on stderr). Returns (sent, {pending id: real id}, dropped); the file is removed once all are sent.
+    UserError when a store cannot be reached."""
+    path = Path(path or PENDING_FILE)
+    if not path.is_file():
+        return 0, {}, 0
+    records = _read(path)
+    clients: dict[str, object] = {}
+    ids: dict[str, str] = {}
+    gone: set[str] = set()
+    sent = dropped = 0
+    for n, rec in enumerate(records):
+        run, uri = ids.get(rec["run"], rec["run"]), rec.get("uri") or tracking_uri()
+        try:
+            c = clients.get(uri) or clients.setdefault(uri, client(uri))
+            if rec["op"] == "create":
+                tags = {k: ids.get(v, v) for k, v in (rec["payload"].get("tags") or {}).items()}
+                ids[rec["run"]] = create_run(c, {**rec["payload"], "tags": tags})
+                if (last_run() or ("",))[0] == rec["run"]:
+                    write_run_file(ids[rec["run"]], uri)   # evaluate and visualize then log into the real run
+            elif run.startswith("pending-") or run in gone or not run_exists(c, run):
+                gone.add(run)
+                dropped += 1
+                continue
+            else:
+                apply(c, run, rec["op"], rec["payload"])
+            sent += 1
+        except Exception as e:
+            if _refused(e):
+                sys.stderr.write(f"warning: MLflow refused a kept {rec['op']} operation of run {run} and it was "
+                                 f"dropped: {str(e).splitlines()[0][:200]}\n")
+                dropped += 1
+                continue
+            with atomic_write(path) as f:
+                f.write("".join(json.dumps(_named(r, ids)) + "\n" for r in records[n:]))   # what is left, real ids
+            first = str(e).splitlines()[0][:150] if str(e) else ""
+            raise UserError(f"{uri}: MLflow unreachable or refused the data ({type(e).__name__}: {first}); "
+                            f"{len(records) - n} operations kept in {path}") from None
+    path.unlink()
+    return sent, ids, dropped

@@ -1,0 +1,32 @@
+"""FCOS_EXP_CALLBACKS: callbacks of one's own reach training without editing the project (the tests' pause
+uses it); unset it adds nothing, and a wrong name is one line."""
+import pytest
+from conftest import ROOT
+
+from pipeline.errors import UserError
+from pipeline.extra_callbacks import ENV, extra_callbacks
+
+
+def test_unset_adds_nothing(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    assert extra_callbacks() == []
+
+
+def test_named_factories_give_their_callbacks(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    monkeypatch.setenv("FCOS_EXP_TEST_PAUSE", f"3:{tmp_path / 'go'}")
+    monkeypatch.setenv(ENV, "pause_callback:from_env, pause_callback:from_env")
+    import pause_callback
+    found = extra_callbacks()
+    assert [type(c) for c in found] == [pause_callback.PauseAtStep] * 2 and found[0].step == 3
+
+
+@pytest.mark.parametrize("spec, says", [("no_such_module:f", "not an importable module:factory"),
+                                        ("pause_callback:missing", "not an importable module:factory"),
+                                        ("os:getcwd", "not fcos.callbacks.Callback")])
+def test_a_wrong_name_is_one_line(monkeypatch, spec, says):
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    monkeypatch.setenv(ENV, spec)
+    with pytest.raises(UserError, match=says) as e:
+        extra_callbacks()
+    assert "\n" not in str(e.value) and ENV in str(e.value)
