@@ -243,13 +243,53 @@ def report(experiment: Annotated[Optional[str], typer.Option(help="MLflow experi
            storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the study (default tune.storage)."
                                                           )] = None,
            study_name: Annotated[Optional[str], typer.Option(help="Optuna study (default tune.study_name).")] = None,
+           resamples: Annotated[Optional[int], typer.Option(min=2, help="Bootstrap resamples of the test images "
+                                                                        "for the intervals (default 1000).")] = None,
+           seed: Annotated[Optional[int], typer.Option(help="Seed of the resampling (default 0).")] = None,
            params: ParamsOpt = PARAMS):
     """Write reports/report.md and a self-contained reports/report.html comparing the tracked runs.
     No matching run is not an error: the report says so and the exit code is 0."""
     with _user_errors():
         p, console = _setup(params)
         from .report import run as build
-        build(p, console, experiment, filter_tag, status, last, sort_by, baseline, out, storage, study_name)
+        build(p, console, experiment, filter_tag, status, last, sort_by, baseline, out, storage, study_name,
+              resamples, seed)
+
+
+@app.command()
+def compare(a: Annotated[str, typer.Argument(help="Run A: an MLflow run id, id prefix, run name or dvc exp name.")],
+            b: Annotated[str, typer.Argument(help="Run B, the same way.")],
+            seeds: Annotated[bool, typer.Option("--seeds", help="Compare the groups of seed repeats of A and B (runs "
+                                                                "whose params differ only in train.seed).")] = False,
+            resamples: Annotated[Optional[int], typer.Option(min=2, help="Bootstrap resamples of the test images "
+                                                                  "(default 1000).")] = None,
+            seed: Annotated[Optional[int], typer.Option(help="Seed of the resampling (default 0).")] = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+            experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default tracking.experiment)."
+                                                              )] = None,
+            params: ParamsOpt = PARAMS):
+    """Is B better than A? B - A of AP, AP50 and each class's AP50 with a 95% paired bootstrap interval over
+    the test images, from the detections the runs kept; "within noise" when the interval holds 0."""
+    with _user_errors():
+        p, console = _setup(params)
+        from .compare import run as run_compare
+        run_compare(p, console, a, b, seeds, resamples, seed, as_json, experiment)
+
+
+@app.command()
+def seeds(n: Annotated[int, typer.Argument(min=1, help="How many seeds: train.seed = FIRST .. FIRST + N - 1.")],
+          first: Annotated[int, typer.Option(help="The first seed.")] = 0,
+          queue: Annotated[bool, typer.Option("--queue", help="Only queue the experiments (`dvc queue start` or "
+                                                              "`dvc exp run --run-all` runs them).")] = False,
+          name: Annotated[Optional[str], typer.Option(help="Name the experiments NAME-seed<k>.")] = None,
+          set_values: Annotated[Optional[list[str]], typer.Option(
+              "--set", "-S", help="KEY=VALUE on top of params.yaml (repeatable), as `dvc exp run -S`.")] = None):
+    """Run the configuration of params.yaml (committed or not) with N seeds as DVC experiments, one after another
+    in temporary folders (the workspace is left as it is); `fcos-exp compare --seeds` and the report pool them."""
+    with _user_errors():
+        from .progress import stderr_console
+        from .seeds import run_seeds
+        run_seeds(n, first, queue, name, stderr_console(), set_values or [])
 
 
 def main() -> None:

@@ -60,6 +60,16 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     assert {"eval/pr_curve.png", "eval/confusion_matrix_normalized.png"} <= logged
     assert "dataset/dataset.png" in {a.path for a in client.list_artifacts(run_id, "dataset")}
     assert "test/F1" in run.data.metrics
+    # The detections are kept (metrics/detections.json.gz, an artifact) with the hash of the test data they were
+    # scored on; AP and AP50 recomputed from them are evaluate's; their bootstrap standard errors are logged.
+    from fcos.bootstrap import bootstrap, gt_hash, match_table
+    from pipeline.detections import read_detections
+    gt = json.loads((project / "data/prepared/test.json").read_text())
+    assert ev["test_gt_sha256"] == gt_hash(gt) == run.data.tags["test_gt_sha256"]
+    kept = bootstrap(match_table(gt, read_detections(project / "metrics/detections.json.gz")), 200)
+    assert abs(kept.full["AP"] - ev["AP"]) < 1e-12 and abs(kept.full["AP50"] - ev["AP50"]) < 1e-12
+    assert run.data.metrics["test/AP_se"] == ev["AP_se"] >= 0 and run.data.metrics["test/AP50_se"] == ev["AP50_se"]
+    assert "metrics/detections.json.gz" in {a.path for a in client.list_artifacts(run_id, "metrics")}
     # MLflow 3's UI: a model-training experiment, the checkpoint as the run's model, the data as an input
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
