@@ -5,7 +5,6 @@ report out, tuning.py reads the Optuna study, figures.py draws, html.py renders.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import shlex
 import subprocess
@@ -22,6 +21,7 @@ from ..paths import REPORTS
 from ..provenance import dataset_hash, git_commit, project_root
 from ..tracking import reader, tracking_uri
 from .publish import claim, publish, staging
+from .sections import finite
 
 # Sortable metrics where lower is better, and the MLflow metric each one is read from.
 LOWER_IS_BETTER = {"ms_per_image": "test/ms_per_image", "train_seconds": "train_summary/train_seconds"}
@@ -44,10 +44,8 @@ class Row:
     curves: dict = field(default_factory=dict)
 
     def value(self, key: str):
-        """The metric, or None when absent or not finite: MLflow's sqlite store keeps inf as the largest
-        float, which must neither rank first nor print as a 309-digit number."""
-        v = self.metrics.get(LOWER_IS_BETTER.get(key, f"test/{key}"))
-        return v if v is not None and math.isfinite(v) and abs(v) < 1e300 else None
+        """The metric, or None when absent or not finite (sections.finite)."""
+        return finite(self.metrics.get(LOWER_IS_BETTER.get(key, f"test/{key}")))
 
 
 def search_all(client, exp_id: str) -> list:

@@ -2,6 +2,8 @@
 Markdown and HTML by html.py. A missing value is the cell MISSING."""
 from __future__ import annotations
 
+import math
+
 from .figures import curves_figure, label, per_class_ap50, per_class_figure
 
 MISSING = "—"
@@ -9,7 +11,14 @@ AP_COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 DELTA_KEYS = [*AP_COLUMNS, "train_seconds", "ms_per_image"]
 
 
+def finite(v) -> float | None:
+    """A metric's value, or None when absent or not finite: MLflow's sqlite store keeps inf as the largest
+    float, which must neither rank first nor print as a 309-digit number."""
+    return v if isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < 1e300 else None
+
+
 def num(v, digits: int = 3) -> str:
+    v = finite(v)
     return MISSING if v is None else f"{v:.{digits}f}"
 
 
