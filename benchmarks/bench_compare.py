@@ -29,7 +29,7 @@ def populate(project: Path, uri: str, runs: int, seeds: int, images: int) -> lis
     import yaml
     from bootstrap_data import log_run, synthetic
 
-    from pipeline.params import flatten
+    from pipeline.params_schema import flatten
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tracking"]["experiment"] = "bench"

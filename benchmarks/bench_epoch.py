@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 from fcos import FCOS
 from fcos.data import VOC_CLASSES, CocoDataset, build_loader, read_voc, write_coco
 from fcos.engine import fit, resolve_amp, seed_everything
-from pipeline.params import model_config, read_params, train_config
+from pipeline.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("voc07_resnet18", "voc07_well_trained")
@@ -117,21 +117,21 @@ def setup(name: str, args) -> dict:
     cwd = os.getcwd()
     os.chdir(ROOT)   # overlays name their base relative to the repository root
     try:
-        params = read_params(f"experiments/{name}.yaml")
+        params = load_params(f"experiments/{name}.yaml").with_values({"model.weights": None})
     finally:
         os.chdir(cwd)
-    params["model"]["weights"] = None
-    batch = params["train"]["batch_size"]
+    batch = params.train.batch_size
     if args.small:
-        m = params["model"]
-        sizes = m["min_size"] if isinstance(m["min_size"], list) else [m["min_size"]]
-        m["min_size"] = [max(32, round(s * SMALL_SCALE)) for s in sizes]
-        m["max_size"] = max(m["min_size"][-1], round(m["max_size"] * SMALL_SCALE))
+        m = params.model
+        sizes = m.min_size if isinstance(m.min_size, list) else [m.min_size]
+        small = [max(32, round(s * SMALL_SCALE)) for s in sizes]
+        params = params.with_values({"model.min_size": small,
+                                     "model.max_size": max(small[-1], round(m.max_size * SMALL_SCALE))})
         batch = min(batch, 4)
-    mcfg = model_config(params, len(VOC_CLASSES))
-    tcfg = replace(train_config(params), epochs=1, eval_every=0, amp=args.amp or params["train"]["amp"])
+    mcfg = params.model_config(len(VOC_CLASSES))
+    tcfg = replace(params.train_config(), epochs=1, eval_every=0, amp=args.amp or params.train.amp)
     return {"name": name, "params": params, "model": mcfg, "train": tcfg, "batch": batch,
-            "use_difficult": params["data"]["train_difficult"]}
+            "use_difficult": params.data.train_difficult}
 
 
 def tv_model(cfg) -> torch.nn.Module:

@@ -13,7 +13,6 @@ from .errors import InputError
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
            "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
-DECODE_KEYS = ("score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")
 _LEGACY_KEYS = ("winograd",)   # once a model field, now an inference option (fcos.inference.for_inference)
 
 Rule = Callable[[Any], "str | None"]
@@ -74,6 +73,17 @@ def _backbone(v) -> str | None:
     return None if v in RESNETS else f"unknown backbone {v!r} (one of {', '.join(RESNETS)})"
 
 
+def _param(default, section: str):
+    """A field that the `section` of the pipeline's params.yaml sets: the pipeline derives the keys of its
+    model, decode and train sections from these marks (pipeline/params_schema.py), never from a copied list."""
+    return field(default=default, metadata={"params": section})
+
+
+def param_keys(config: type, section: str) -> tuple[str, ...]:
+    """The fields of `config` marked for params.yaml's `section`, in their order."""
+    return tuple(f.name for f in fields(config) if f.metadata.get("params") == section)
+
+
 def _check(cls, values: dict, rules: dict[str, Rule], joint: Callable[[dict], list[str]]) -> list[str]:
     """'key: problem' lines for `values` (a partial or full set of cls's fields)."""
     known = {f.name for f in fields(cls)}
@@ -90,36 +100,42 @@ class FCOSConfig:
     """Model, assignment, loss and decoding parameters; the defaults follow the FCOS paper."""
 
     num_classes: int = 20
-    backbone: str = "resnet18"
+    backbone: str = _param("resnet18", "model")
     # None | "imagenet" | a torchvision FCOS weights name ("FCOS_ResNet50_FPN_Weights.COCO_V1") | path to a
     # local state dict: a ResNet's (backbone only) or a torchvision FCOS's (the whole detector, fcos/interop.py)
-    weights: str | None = None
-    freeze_bn: bool = False             # FrozenBatchNorm2d in the backbone
-    trainable_layers: int = 5           # backbone stages trained, counted from layer4 down to conv1 (0-5)
-    fpn_channels: int = 256
-    head_convs: int = 4                 # conv3x3 + GroupNorm + ReLU blocks per head tower
-    gn_groups: int = 16
-    level_scales: bool = True           # learnable regression scale per level (FCOS paper); torchvision: none
-    min_size: int | tuple[int, ...] = 320   # short side; a tuple: random choice per batch in training, the last in eval
-    max_size: int = 480
+    weights: str | None = _param(None, "model")
+    freeze_bn: bool = _param(False, "model")             # FrozenBatchNorm2d in the backbone
+    # backbone stages trained, counted from layer4 down to conv1 (0-5)
+    trainable_layers: int = _param(5, "model")
+    fpn_channels: int = _param(256, "model")
+    head_convs: int = _param(4, "model")                 # conv3x3 + GroupNorm + ReLU blocks per head tower
+    gn_groups: int = _param(16, "model")
+    # learnable regression scale per level (FCOS paper); torchvision: none
+    level_scales: bool = _param(True, "model")
+    # short side; a tuple: random choice per batch in training, the last in eval
+    min_size: int | tuple[int, ...] = _param(320, "model")
+    max_size: int = _param(480, "model")
     size_divisible: int = 32
-    resize_rounding: str = "round"      # resized side: round(side * scale) | "floor" (torchvision's interpolate)
+    # resized side: round(side * scale) | "floor" (torchvision's interpolate)
+    resize_rounding: str = _param("round", "model")
     strides: tuple[int, ...] = (8, 16, 32, 64, 128)
-    point_offset: float = 0.5           # points at (k + point_offset) * step (FCOS paper); torchvision: 0
+    # points at (k + point_offset) * step (FCOS paper); torchvision: 0
+    point_offset: float = _param(0.5, "model")
     # step between points: "stride" (the level's) | "padded": padded batch side // map side per axis, as
     # torchvision's AnchorGenerator (differs from the stride on P6/P7 when the padded side is not a multiple of it)
-    point_spacing: str = "stride"
+    point_spacing: str = _param("stride", "model")
     # Level i takes points whose max(l, t, r, b) lies in [range_bounds[i], range_bounds[i+1]]; the last is open.
     range_bounds: tuple[float, ...] = (0, 64, 128, 256, 512)
-    open_ranges: bool = False           # the bounds themselves excluded, as torchvision (the paper includes them)
-    center_sampling_radius: float = 1.5
+    # the bounds themselves excluded, as torchvision (the paper includes them)
+    open_ranges: bool = _param(False, "model")
+    center_sampling_radius: float = _param(1.5, "model")
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     prior_prob: float = 0.01
-    score_thresh: float = 0.05
-    topk_candidates: int = 1000         # per level, before NMS
-    nms_thresh: float = 0.6
-    detections_per_img: int = 100
+    score_thresh: float = _param(0.05, "decode")
+    nms_thresh: float = _param(0.6, "decode")
+    topk_candidates: int = _param(1000, "decode")         # per level, before NMS
+    detections_per_img: int = _param(100, "decode")
     drop_empty_boxes: bool = True       # boxes empty after clipping to the image; torchvision keeps them
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -190,24 +206,28 @@ class FCOSConfig:
 class TrainConfig:
     """The training loop's parameters (fcos.engine.fit)."""
 
-    epochs: int = 12
-    optimizer: str = "sgd"           # sgd | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4       # not applied to norm and bias parameters
-    scheduler: str = "cosine"        # cosine | multistep
-    warmup_epochs: float = 1.0       # linear warmup, in epochs (fractions allowed)
-    milestones: tuple[float, ...] = (0.67, 0.89)   # multistep: fractions of training
-    gamma: float = 0.1
-    clip_grad_norm: float = 10.0     # 0: no clipping
-    amp: str = "none"                # none | auto (bf16 where native, else fp16 on CUDA, else none) | fp16 | bf16
-    channels_last: bool = False
-    sync_bn: bool = False            # DDP: BatchNorm statistics synchronised across ranks (SyncBatchNorm)
-    nonfinite: str = "stop"          # stop | skip: what a NaN/inf loss does
-    seed: int = 0
-    eval_every: int = 0              # validate every N epochs (0: never)
-    best_metric: str = "AP50"        # validation stat whose best epoch is kept (higher is better, as every COCO stat)
-    patience: int = 0                # validations without improvement that stop training (0: never; needs eval_every)
+    epochs: int = _param(12, "train")
+    optimizer: str = _param("sgd", "train")           # sgd | adamw
+    lr: float = _param(0.01, "train")
+    momentum: float = _param(0.9, "train")
+    weight_decay: float = _param(1e-4, "train")       # not applied to norm and bias parameters
+    scheduler: str = _param("cosine", "train")        # cosine | multistep
+    warmup_epochs: float = _param(1.0, "train")       # linear warmup, in epochs (fractions allowed)
+    milestones: tuple[float, ...] = _param((0.67, 0.89), "train")   # multistep: fractions of training
+    gamma: float = _param(0.1, "train")
+    clip_grad_norm: float = _param(10.0, "train")     # 0: no clipping
+    # none | auto (bf16 where native, else fp16 on CUDA, else none) | fp16 | bf16
+    amp: str = _param("none", "train")
+    channels_last: bool = _param(False, "train")
+    # DDP: BatchNorm statistics synchronised across ranks (SyncBatchNorm)
+    sync_bn: bool = _param(False, "train")
+    nonfinite: str = _param("stop", "train")          # stop | skip: what a NaN/inf loss does
+    seed: int = _param(0, "train")
+    eval_every: int = _param(0, "train")              # validate every N epochs (0: never)
+    # validation stat whose best epoch is kept (higher is better, as every COCO stat)
+    best_metric: str = _param("AP50", "train")
+    # validations without improvement that stop training (0: never; needs eval_every)
+    patience: int = _param(0, "train")
     eval_backend: str = "faster"     # faster | pycocotools
     sync_every: int = 0              # steps between reads of the losses by the host; 0: 10 on CUDA, 1 on CPU
     extra: dict = field(default_factory=dict)   # free-form, stored in the checkpoint
@@ -243,3 +263,6 @@ class TrainConfig:
             return [f"patience: counts validations, so it needs eval_every > 0 (got patience {v['patience']} with "
                     "eval_every 0)"]
         return []
+
+
+DECODE_KEYS = param_keys(FCOSConfig, "decode")   # how outputs become detections: FCOS.set_decoding's keys

@@ -1,5 +1,5 @@
 """What the stages share besides paths (pipeline/paths.py): how files are written (atomically), and loading
-what an earlier stage wrote (the prepared datasets, the trained model). Stages import this, never each other."""
+the prepared datasets. Stages import this (and pipeline/inference.py for the trained model), never each other."""
 from __future__ import annotations
 
 import json
@@ -8,17 +8,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fcos.files import atomic_write
 
 from .errors import UserError
-from .paths import BEST_MODEL, MODEL, PREPARED
+from .paths import PREPARED
 
-CHECKPOINTS = {"last": MODEL, "best": BEST_MODEL}   # eval.checkpoint: what evaluate, visualize and predict load
-
+if TYPE_CHECKING:
+    pass
 
 def write_text(path: Path, text: str) -> None:
     with atomic_write(path) as f:
@@ -77,51 +76,3 @@ def load_dataset(split: str, **kwargs):
         raise UserError(f"{path}: the prepared {split} split is damaged ({report.summary().split(': ', 1)[-1]}; "
                         f"first: {report.lines[0]}); run `fcos-exp prepare` again")
     return dataset
-
-
-@dataclass
-class Trained:
-    """A trained model made for inference (fcos.inference.for_inference: params' decode section and
-    eval.winograd applied) on eval.device, run under eval.amp as resolved there (`amp`)."""
-
-    model: Any
-    classes: list[str]
-    device: Any
-    amp: str
-
-    def detect(self, images: list) -> list[dict]:
-        """Detections of images [3, H, W] (any device), as FCOS returns them, on self.device."""
-        import torch
-
-        from fcos.engine import autocast_for
-        with torch.inference_mode(), autocast_for(self.device, self.amp)():
-            return self.model([im.to(self.device) for im in images])
-
-
-def trained_path(params: dict) -> Path:
-    """The checkpoint eval.checkpoint names."""
-    return CHECKPOINTS[params["eval"]["checkpoint"]]
-
-
-def load_trained(params: dict, path: Path | None = None, device=None) -> Trained:
-    """The checkpoint at `path` (default the one eval.checkpoint names) ready for inference, on `device`
-    (default eval.device). models/best.pt that no validation chose (its `best` record has no epoch) is refused."""
-    from fcos.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcos.engine import resolve_amp
-    from fcos.inference import for_inference
-
-    from .params import device_of
-    path = Path(path or trained_path(params))
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `fcos-exp train` (or `dvc repro`) first")
-    device = device or device_of(params, "eval")
-    ckpt = load_checkpoint(path, device)
-    best = ckpt.get("best") or {}
-    if path.resolve() == BEST_MODEL.resolve() and best.get("epoch") is None:
-        raise UserError(f"{path}: training recorded no validation {best.get('metric', 'value')}, so it holds the last "
-                        "epoch, not a best one: set train.eval_every > 0 (validation) and train again, or set "
-                        "eval.checkpoint: last")
-    model = model_from_checkpoint(ckpt, device)
-    model.set_decoding(**params["decode"])
-    return Trained(for_inference(model, winograd=params["eval"]["winograd"]), list(ckpt["classes"]), device,
-                   resolve_amp(params["eval"]["amp"], device))

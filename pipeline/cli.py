@@ -158,7 +158,8 @@ def use(config: Annotated[Path, typer.Argument(help="A config of experiments/ (a
         params: ParamsOpt = PARAMS):
     """Write a config's values into params.yaml (comments kept), so that `dvc repro` / `dvc exp run` run it."""
     with _user_errors():
-        from .params import flatten, read_params, set_values
+        from .params import read_params, set_values
+        from .params_schema import flatten
         from .progress import stderr_console
         current, wanted = flatten(read_params(params)), flatten(read_params(config))
         values = {k: v for k, v in wanted.items() if current.get(k) != v}
@@ -213,7 +214,7 @@ def tune(trials: Annotated[Optional[int], typer.Option(min=1, help="Trials of th
         try:
             if worker_of is not None:   # one of the processes of --workers (tuning/workers.py)
                 from .tuning.display import Display
-                display = Display(console, p["tune"]["metric"], p["train"]["epochs"])
+                display = Display(console, p.tune.metric, p.train.epochs)
                 result = study.run_worker(p, display, trials, storage, study_name,
                                           None if worker_of == "-" else worker_of, worker_index)
             else:

@@ -15,12 +15,16 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fcos.bootstrap import LEVEL, RESAMPLES, SEED, Replicates, bootstrap, gt_hash, match_table, paired, pool
 
 from .detections import ARTIFACT, GT_TAG, read_detections
 from .errors import UserError
 from .paths import PREPARED
+
+if TYPE_CHECKING:
+    from .params_schema import Params
 
 SEED_PARAM = "train.seed"
 TEST_GT = PREPARED / "test.json"
@@ -192,7 +196,7 @@ def interval_text(lo, hi) -> str:
     return "n/a" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
 
 
-def run(params: dict, console, a: str, b: str, seeds: bool = False, resamples: int | None = None,
+def run(params: Params, console, a: str, b: str, seeds: bool = False, resamples: int | None = None,
         seed: int | None = None, as_json: bool = False, experiment: str | None = None) -> dict:
     """`fcos-exp compare A B`: the table on stdout (or JSON), what was compared on stderr."""
     from rich.console import Console
@@ -204,7 +208,7 @@ def run(params: dict, console, a: str, b: str, seeds: bool = False, resamples: i
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # stderr: our lines only
     resamples = RESAMPLES if resamples is None else resamples
     seed = SEED if seed is None else seed
-    name = experiment or params["tracking"]["experiment"]
+    name = experiment or params.tracking.experiment
     client = reader()
     exp = client.get_experiment_by_name(name)
     rows = fetch_rows(search_all(client, exp.experiment_id), None, None, None) if exp else []

@@ -11,6 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.table import Table
@@ -21,6 +22,9 @@ from fcos.tide import MAIN_ERRORS, MISS, NOT_EVALUATED, SPECIAL_ERRORS, TP, tide
 from .artifacts import write_json
 from .eval_protocol import LABELS, protocol, summary, voc_metrics, voc_results
 from .paths import ERRORS_METRICS, ERRORS_PER_IMAGE_CSV, EVAL_PLOTS, WORST_IMAGES
+
+if TYPE_CHECKING:
+    from .params_schema import Params
 
 ERRORS_FIGURE = EVAL_PLOTS / "errors.png"
 RANKING_RULE = ("images ranked by the AP50 they lose, estimated: each main error type's dAP50 shared among its "
@@ -105,18 +109,18 @@ class Analysis:
         return out
 
 
-def analyse(params: dict, m: dict, gt_path: Path, records: list) -> Analysis:
+def analyse(params: Params, m: dict, gt_path: Path, records: list) -> Analysis:
     """From `fcos.engine.evaluate`'s result `m` (detections [N, 7] with category ids) on the test json at
     gt_path, whose images are `records` (fcos.data records: image_id, file): write errors.json, errors.png and
     the worst images; return what eval.json, MLflow and the printed tables take."""
     gt = json.loads(Path(gt_path).read_text())
     dets = np.asarray(m["detections"], np.float64).reshape(-1, 7)
-    voc = voc_metrics(params["eval"]["voc_metric"])
+    voc = voc_metrics(params.eval.voc_metric)
     proto = protocol(params, gt, m["iou_thresholds"], voc)
     start = time.perf_counter()
     result = tide(gt, dets)
     seconds = time.perf_counter() - start
-    errors = _errors_json(result, gt, dets, proto["errors"], params["eval"]["worst_images"], records)
+    errors = _errors_json(result, gt, dets, proto["errors"], params.eval.worst_images, records)
     errors["seconds"] = seconds
     write_json(ERRORS_METRICS, errors)
     from .figures_errors import errors_figure

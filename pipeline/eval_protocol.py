@@ -6,9 +6,14 @@ them; it goes into metrics/eval.json ("protocol"), the printed titles, the MLflo
 line, `summary`) and the report's header."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from fcos.voc_eval import INTERPOLATIONS, voc_evaluate
+
+if TYPE_CHECKING:
+    from .params_schema import Params
 
 LABELS = {"coco": "COCO AP50", "voc07": "VOC07 11-point mAP@0.5", "voc": "VOC all-point mAP@0.5"}
 
@@ -26,7 +31,7 @@ def difficult_counts(gt: dict) -> tuple[int, int]:
     return len(flagged), sum(bool(a.get("iscrowd")) for a in flagged)
 
 
-def protocol(params: dict, gt: dict, iou_thresholds, voc: list[str]) -> dict:
+def protocol(params: Params, gt: dict, iou_thresholds, voc: list[str]) -> dict:
     """The protocol of evaluate's metrics on the ground truth `gt` (the prepared test json)."""
     n, as_crowd = difficult_counts(gt)
     crowd = sum(bool(a.get("iscrowd")) for a in gt["annotations"]) - as_crowd
@@ -36,12 +41,12 @@ def protocol(params: dict, gt: dict, iou_thresholds, voc: list[str]) -> dict:
                  f"{_boxes(n)}, {as_crowd} of them ignored")
     crowd_rule = f"{_boxes(crowd, 'crowd ')} (iscrowd) in the test split" if crowd else \
         "no crowd boxes in the test split"
-    d = params["decode"]
+    d = params.decode
     out = {
-        "detections": {"score_thresh": d["score_thresh"], "nms_thresh": d["nms_thresh"],
-                       "max_per_image": d["detections_per_img"],
+        "detections": {"score_thresh": d.score_thresh, "nms_thresh": d.nms_thresh,
+                       "max_per_image": d.detections_per_img,
                        "note": "cut by the model's decoding (decode.*) before any metric saw them"},
-        "coco": {"metric": "COCOeval bbox (" + params["eval"]["backend"] + ")",
+        "coco": {"metric": "COCOeval bbox (" + params.eval.backend + ")",
                  "iou_thresholds": [round(float(t), 2) for t in iou_thresholds], "max_dets": [1, 10, 100],
                  "interpolation": "101-point", "difficult": difficult,
                  "crowd": f"ignore regions: a detection on one is neither a true nor a false positive ({crowd_rule})"},

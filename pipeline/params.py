@@ -1,6 +1,6 @@
-"""params.yaml: load (safe; overlays merged over their base), validate (one line per problem) and turn
-into the library's configs. The model, decode and train sections are checked by fcos.config's own
-validators; the rest by the schema below."""
+"""params.yaml files: read safely (regular files of bounded size, no key given twice, overlays merged over
+their base), validated and typed once (`load_params` -> `Params`, pipeline/params_schema.py), and edited in
+place keeping comments (`set_values`)."""
 from __future__ import annotations
 
 import copy
@@ -12,153 +12,12 @@ from typing import Any
 
 import yaml
 
-from fcos.coco_eval import STAT_NAMES
-from fcos.config import DECODE_KEYS, FCOSConfig, TrainConfig, choice, number, of_type
-from fcos.voc_eval import INTERPOLATIONS
-
 from .errors import UserError
+from .params_schema import SECTIONS, Params, validate
 from .paths import PARAMS
 
 MAX_BYTES = 1_000_000          # a params file is a few KB; this refuses YAML alias bombs before parsing
 MAX_NODES = 20_000             # ... and after parsing, counting every value reached through aliases
-MODEL_KEYS = ("backbone", "weights", "freeze_bn", "trainable_layers", "fpn_channels", "head_convs", "gn_groups",
-              "min_size", "max_size", "center_sampling_radius",
-              "level_scales", "resize_rounding", "point_offset", "point_spacing", "open_ranges")
-PIPELINE_TRAIN_KEYS = ("batch_size", "device")
-
-
-def _device(v) -> str | None:
-    if not isinstance(v, str):
-        return f"must be a string, got {v!r}"
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
-        return f"must be auto, cpu, cuda, cuda:N or mps, got {v!r}"
-    return None
-
-
-def _classes(v) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, list) or not v or not all(isinstance(c, str) and c.strip() for c in v):
-        return f"must be null or a non-empty list of class names (quote names like yes/no/null), got {v!r}"
-    if len(set(v)) != len(v):
-        return f"must not repeat a class name, got {v!r}"
-    return None
-
-
-def _thresh(v) -> str | None:
-    """A score threshold: a number in [0, 1] or `f1` (each class's F1-optimal one, from metrics/pr.json)."""
-    return None if v == "f1" or not number(0, 1)(v) else f"must be a number in [0, 1] or f1, got {v!r}"
-
-
-def _winograd(v) -> str | None:
-    return None if v == "auto" or isinstance(v, bool) else f"must be auto, true or false, got {v!r}"
-
-
-def _voc_metric(v) -> str | None:
-    """eval.voc_metric: null, one of VOC's interpolations or a list of them (pipeline/eval_protocol.py)."""
-    values = [] if v is None else [v] if isinstance(v, str) else v if isinstance(v, list) else None
-    if values is None or not all(isinstance(x, str) and x in INTERPOLATIONS for x in values) \
-            or len(set(values)) != len(values):
-        return f"must be null, {', '.join(INTERPOLATIONS)} or a list of them, got {v!r}"
-    return None
-
-
-def _fraction(v) -> str | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
-    return None if ok else f"must be a number in (0, 1], got {v!r}"
-
-
-def _nonempty(v) -> str | None:
-    return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
-
-
-EXPERIMENT_NAME_MAX = 500   # MLflow's MAX_EXPERIMENT_NAME_LENGTH (tests/test_reliability_tracking.py checks it)
-
-
-def _experiment(v) -> str | None:
-    if _nonempty(v):
-        return _nonempty(v)
-    return None if len(v) <= EXPERIMENT_NAME_MAX else \
-        f"must be at most {EXPERIMENT_NAME_MAX} characters (MLflow's limit), got {len(v)}"
-
-
-SCHEMA: dict[str, Any] = {
-    "data": {
-        "format": choice("shapes", "voc", "coco"), "root": _nonempty, "train_split": _nonempty,
-        "test_split": _nonempty, "classes": _classes, "train_difficult": of_type(bool),
-        "eval_difficult": of_type(bool),
-        "coco": {k: of_type(str, optional=True) for k in ("train_ann", "train_images", "test_ann", "test_images")},
-        "shapes": {"seed": number(0, 2**32 - 1, integer=True), "num_trainval": number(2, 1_000_000, integer=True),
-                   "num_test": number(1, 1_000_000, integer=True), "image_size": number(32, 4096, integer=True),
-                   "min_radius": number(0.01, 0.5), "colours": choice("class", "random")},
-        "val_fraction": number(0, 0.9), "strict": of_type(bool), "num_workers": number(0, 64, integer=True),
-    },
-    "model": {},      # FCOSConfig.check
-    "decode": {},     # FCOSConfig.check
-    "train": {"batch_size": number(1, 4096, integer=True), "device": _device},   # + TrainConfig.check
-    "eval": {"batch_size": number(1, 4096, integer=True), "backend": choice("faster", "pycocotools"),
-             "device": _device, "amp": choice("none", "auto", "fp16", "bf16"), "winograd": _winograd,
-             "confusion_thresh": _thresh, "voc_metric": _voc_metric, "worst_images": number(0, 1000, integer=True),
-             "checkpoint": choice("last", "best")},
-    "visualize": {"num_images": number(1, 1000, integer=True), "score_thresh": _thresh},
-    "tracking": {"enabled": of_type(bool), "experiment": _experiment, "log_every": number(1, 100000, integer=True)},
-    "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),
-             "direction": choice("maximize", "minimize"), "seed": number(0, 2**32 - 1, integer=True),
-             "pruner": choice("asha", "hyperband", "median", "none"), "storage": of_type(str, optional=True),
-             "study_name": _nonempty, "heartbeat_seconds": number(1, 3600, integer=True),
-             "train_fraction": _fraction, "startup_trials": number(0, 1000, integer=True)},
-}
-# Keys of the sections that library configs validate (so unknown and missing keys are still reported).
-DELEGATED = {"model": MODEL_KEYS, "decode": DECODE_KEYS,
-             "train": PIPELINE_TRAIN_KEYS + tuple(k for k in TrainConfig.RULES
-                                                  if k not in ("eval_backend", "sync_every", "extra"))}
-
-
-def _validate(node: Any, schema: Any, where: str, problems: list[str]) -> None:
-    if isinstance(schema, dict):
-        if not isinstance(node, dict):
-            problems.append(f"{where or 'params'}: must be a mapping, got {node!r}")
-            return
-        keys = DELEGATED.get(where, ())
-        expected = list(schema) + [k for k in keys if k not in schema]
-        problems += [f"{where + '.' if where else ''}{key}: unknown key" for key in node if key not in expected]
-        for key in expected:
-            path = f"{where}.{key}" if where else key
-            if key not in node:
-                problems.append(f"{path}: missing")
-            elif key in schema:
-                _validate(node[key], schema[key], path, problems)
-        if where in DELEGATED:
-            values = {k: v for k, v in node.items() if k in keys and k not in schema}
-            if where == "train":
-                problems += [f"train.{p}" for p in TrainConfig.check(values)]
-            elif where == "model":
-                problems += [f"model.{p}" for p in FCOSConfig.check(_tupled(values))]
-            elif where == "decode":
-                problems += [f"decode.{p}" for p in FCOSConfig.check(values)]
-        return
-    message = schema(node)
-    if message:
-        problems.append(f"{where}: {message}")
-
-
-def _tupled(model: dict) -> dict:
-    return {**model, "min_size": tuple(model["min_size"])} if isinstance(model.get("min_size"), list) else model
-
-
-def validate(params: Any) -> list[str]:
-    """Every problem of a full params dict, one 'section.key: problem' line each."""
-    problems: list[str] = []
-    _validate(params if params is not None else {}, SCHEMA, "", problems)
-    return problems or _across_sections(params)
-
-
-def _across_sections(params: dict) -> list[str]:
-    """Rules that join keys of different sections (checked once each key is valid on its own)."""
-    if params["eval"]["checkpoint"] == "best" and not params["train"]["eval_every"]:
-        return ["eval.checkpoint: best needs validation during training (the best epoch is the best validated "
-                "one): set train.eval_every > 0, or eval.checkpoint: last"]
-    return []
 
 
 def _count_nodes(node: Any, budget: list[int]) -> None:
@@ -237,12 +96,12 @@ def _sections(data: dict, path: Path) -> None:
     """A params file's top level holds sections of params.yaml only. Unknown names are quoted only when they
     look like a mistyped section (a short identifier): a file that is no params file at all (`base:
     /etc/passwd`) is refused without copying its lines into the message."""
-    unknown = [k for k in data if k not in SCHEMA and k != "base"]
+    unknown = [k for k in data if k not in SECTIONS and k != "base"]
     if not unknown:
         return
     names = [k for k in unknown if isinstance(k, str) and re.fullmatch(r"[A-Za-z_][\w-]{0,30}", k)]
     if len(unknown) <= 3 and len(names) == len(unknown):
-        raise UserError(f"{path}: {', '.join(names)}: not a section of params.yaml ({', '.join(SCHEMA)})")
+        raise UserError(f"{path}: {', '.join(names)}: not a section of params.yaml ({', '.join(SECTIONS)})")
     raise UserError(f"{path}: not a params file ({len(unknown)} top-level keys are not sections of params.yaml)")
 
 
@@ -273,46 +132,17 @@ def _over_base(data: dict, path: Path, seen: tuple = ()) -> dict:
     return merge(read_params(base, chain), data)
 
 
-def load_params(path: str | Path = PARAMS) -> dict:
-    """Read (overlays merged) and validate; UserError lists every problem, one per line, each prefixed with
-    the file."""
-    params = read_params(path)
-    problems = validate(params)
-    if problems:
-        raise UserError("\n".join(f"{path}: {p}" for p in problems))
-    return params
+def load_params(path: str | Path = PARAMS) -> Params:
+    """Read (overlays merged), validate and type; UserError lists every problem, one per line, each prefixed
+    with the file."""
+    return Params.from_dict(read_params(path), str(path))
 
 
-def model_config(params: dict, num_classes: int, decode: bool = False) -> FCOSConfig:
-    """The detector's config from the model section (and the decode section when asked: inference
-    stages; training keeps FCOSConfig's decoding defaults so that changing decode never retrains)."""
-    values = _tupled(dict(params["model"]))
-    if decode:
-        values.update(params["decode"])
-    return FCOSConfig(num_classes=num_classes, **values)
-
-
-def train_config(params: dict) -> TrainConfig:
-    t = {k: v for k, v in params["train"].items() if k not in PIPELINE_TRAIN_KEYS}
-    return TrainConfig(**t, eval_backend=params["eval"]["backend"])
-
-
-def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1} (for MLflow params and reports)."""
-    out: dict[str, Any] = {}
-    for k, v in params.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def device_of(params: dict, section: str = "train"):
+def device_of(params: Params, section: str = "train"):
     """`<section>.device` (train: training; eval: evaluate, visualize and predict) as a torch.device; a
     clear error for a device torch does not see."""
     import torch
-    d, key = params[section]["device"], f"{section}.device"
+    d, key = getattr(params, section).device, f"{section}.device"
     if d == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if d.startswith("cuda") and not torch.cuda.is_available():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fcos import FCOS
 from fcos import distributed as dist
@@ -12,11 +13,13 @@ from fcos.callbacks import Callback
 from .artifacts import load_dataset
 from .errors import UserError
 from .extra_callbacks import extra_callbacks
-from .params import model_config, train_config
 from .paths import PREPARED
 
+if TYPE_CHECKING:
+    from .params_schema import Params
 
-def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, resume: bool = False,
+
+def train(params: Params, checkpoint: Path, callbacks: list[Callback], device, *, resume: bool = False,
           eval_every: int | None = None, best: Path | None = None, train_fraction: float = 1.0) -> dict:
     """fit() on data/prepared/train.json, validating on val.json every `eval_every` epochs (default
     train.eval_every), with `callbacks` and those FCOS_EXP_CALLBACKS names (pipeline/extra_callbacks.py);
@@ -26,15 +29,15 @@ def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, 
     from fcos.data import build_loader
     from fcos.engine import fit, seed_everything
 
-    d, t = params["data"], params["train"]
-    cfg = train_config(params)
+    d, t = params.data, params.train
+    cfg = params.train_config()
     if eval_every is not None:
         cfg.eval_every = eval_every
-    train_ds = load_dataset("train", train=True, use_difficult=d["train_difficult"])
+    train_ds = load_dataset("train", train=True, use_difficult=d.train_difficult)
     if len(train_ds) == 0:
         raise UserError(f"{PREPARED / 'train.json'}: no training images (check the train split and val_fraction)")
     if train_fraction < 1:
-        keep = random.Random(t["seed"]).sample(range(len(train_ds)), max(1, round(train_fraction * len(train_ds))))
+        keep = random.Random(t.seed).sample(range(len(train_ds)), max(1, round(train_fraction * len(train_ds))))
         train_ds.records = [train_ds.records[i] for i in sorted(keep)]
     val_ds = val_loader = None
     if cfg.eval_every:
@@ -46,10 +49,10 @@ def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, 
             raise UserError(f"{PREPARED / 'val.json'}: none of the {len(val_ds)} validation images has a box, so "
                             "validation AP is undefined: hold out more images (data.val_fraction) and run "
                             "`fcos-exp prepare`")
-        val_loader = build_loader(val_ds, params["eval"]["batch_size"], num_workers=d["num_workers"], shard=True)
-    seed_everything(t["seed"])   # the initial weights too come from the seed
-    model = FCOS(model_config(params, len(train_ds.classes)))
-    loader = build_loader(train_ds, t["batch_size"], shuffle=True, num_workers=d["num_workers"], seed=t["seed"],
+        val_loader = build_loader(val_ds, params.eval.batch_size, num_workers=d.num_workers, shard=True)
+    seed_everything(t.seed)   # the initial weights too come from the seed
+    model = FCOS(params.model_config(len(train_ds.classes)))
+    loader = build_loader(train_ds, t.batch_size, shuffle=True, num_workers=d.num_workers, seed=t.seed,
                           distributed=dist.is_distributed())
     result = fit(model, loader, cfg, checkpoint_path=checkpoint, classes=train_ds.classes,
                  callbacks=[*callbacks, *extra_callbacks()],

@@ -11,7 +11,7 @@ from conftest import run_cli, tiny_params
 
 from fcos.bootstrap import bootstrap, gt_hash, interval, match_table, paired
 from pipeline.compare import Replicator, load_split
-from pipeline.params import flatten
+from pipeline.params_schema import flatten
 from pipeline.report.build import fetch_rows, search_all
 
 EXPERIMENT = "compare-tests"

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT, git_project, run_cli, tiny_params
 
-from pipeline.params import flatten, load_params, read_params
+from pipeline.params import load_params, read_params
+from pipeline.params_schema import flatten
 
 CONFIGS = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if not p.name.startswith("tune_space"))
 VOC_CONFIGS = [p for p in CONFIGS if p.stem.startswith("voc07_")]
@@ -33,7 +34,7 @@ def test_every_config_is_a_valid_overlay_that_only_states_differences(config, in
     assert own, f"{config.name} changes nothing"
     same = [k for k, v in own.items() if base.get(k, object()) == v]
     assert not same, f"{config.name} repeats values of its base: {same}"
-    assert set(flatten(params)) == set(flatten(read_params("params.yaml")))   # no key of its own invented
+    assert set(params.flat()) == set(flatten(read_params("params.yaml")))   # no key of its own invented
 
 
 def test_overlay_errors_name_the_file(tmp_path, monkeypatch):
@@ -94,9 +95,9 @@ def test_config_runs_prepare_train_evaluate_on_real_voc_photos(config, tmp_path,
     assert ev["num_images"] == 1 and 0 <= ev["AP50"] <= 1
     import torch
     ckpt = torch.load("models/model.pt", weights_only=True)
-    wanted = load_params(config.relative_to(ROOT))["model"]
+    wanted = load_params(config.relative_to(ROOT)).model
     for key in ("backbone", "fpn_channels", "head_convs", "max_size"):
-        assert ckpt["model_config"][key] == wanted[key]
+        assert ckpt["model_config"][key] == getattr(wanted, key)
     assert list(ckpt["model_config"]["min_size"]) == list(wanted["min_size"])
 
 
@@ -138,7 +139,7 @@ def test_readme_voc07_walkthrough_runs_verbatim_up_to_the_real_data(tmp_path, vo
     for cmd in commands[:-1]:
         r = subprocess.run(cmd, shell=True, cwd=repo, capture_output=True, text=True, env=env)
         assert r.returncode == 0, (cmd, r.stdout, r.stderr)
-    assert load_params(repo / "params.yaml")["data"]["root"] == "data/datasets/VOCdevkit/VOC2007"
+    assert load_params(repo / "params.yaml").data.root == "data/datasets/VOCdevkit/VOC2007"
     r = subprocess.run(["dvc", "repro", "prepare"], cwd=repo, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     import json

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from pipeline.params import flatten
+from pipeline.params_schema import flatten
 
 ROW = re.compile(r"^\| (`[^|]+`(?:, `[^|]+`)*) \| (.+) \|$", re.M)
 

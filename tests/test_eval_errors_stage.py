@@ -45,7 +45,8 @@ def detections(project):
     """The trained model's detections on the test split, as evaluate computes them (category ids)."""
     from fcos.data import build_loader
     from fcos.engine import evaluate
-    from pipeline.artifacts import load_dataset, load_trained
+    from pipeline.artifacts import load_dataset
+    from pipeline.inference import load_trained
     from pipeline.params import load_params
     params = load_params(project / "params.yaml")
     model = load_trained(params, project / "models/model.pt")
@@ -210,7 +211,7 @@ def test_report_shows_protocols_errors_worst_images_and_marks_older_runs(trained
 
 
 def test_voc_metric_setting_is_validated():
-    from pipeline.params import validate
+    from pipeline.params_schema import validate
     p = tiny_params()
     for ok in (None, "voc07", "voc", ["voc07", "voc"]):
         p["eval"]["voc_metric"] = ok
@@ -222,7 +223,8 @@ def test_voc_metric_setting_is_validated():
 
 def test_protocol_states_how_difficult_and_crowd_boxes_count():
     from pipeline.eval_protocol import protocol, summary
-    params = tiny_params()
+    from pipeline.params_schema import Params
+    params = Params.from_dict(tiny_params())
     box = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]}
     gt = lambda *flags: {"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}],
                          "annotations": [{**box, "difficult": d, "iscrowd": c} for d, c in flags]}

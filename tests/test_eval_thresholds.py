@@ -40,7 +40,7 @@ def test_params_take_a_number_or_f1(tmp_path, value, ok):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(p))
     if ok:
-        assert load_params(path)["visualize"]["score_thresh"] == value
+        assert load_params(path).visualize.score_thresh == value
     else:
         with pytest.raises(UserError) as e:
             load_params(path)

@@ -50,7 +50,7 @@ def lively(model: FCOS) -> FCOS:
 def exported(tmp_path_factory):
     """A tiny project (prepared shapes data, a checkpoint, params with a changed decode section), exported by
     the CLI. Returns (folder, CLI result)."""
-    from pipeline.params import model_config
+    from pipeline.params_schema import Params
     root = tmp_path_factory.mktemp("onnx")
     params = tiny_params(tracking={"enabled": False, "experiment": "tests", "log_every": 20}, decode=DECODE)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -59,7 +59,8 @@ def exported(tmp_path_factory):
         assert run_cli("prepare").exit_code == 0
         classes = CocoDataset(root / "data/prepared/test.json").classes
         torch.manual_seed(0)
-        model = lively(FCOS(model_config(params, len(classes))))   # the checkpoint keeps the default decoding
+        # the checkpoint keeps the default decoding
+        model = lively(FCOS(Params.from_dict(params).model_config(len(classes))))
         save_checkpoint(root / "models/model.pt", {"model": model.state_dict(), "model_config": model.config.to_dict(),
                                                    "classes": classes})
         result = run_cli("export")
@@ -203,14 +204,14 @@ def _shipped_conventions() -> dict[str, dict]:
     own convention of keeping boxes empty after clipping (FCOS.from_torchvision) on voc07_from_coco's."""
     import os
 
-    from pipeline.params import load_params, model_config
+    from pipeline.params import load_params
     cwd = os.getcwd()
     os.chdir(ROOT)   # overlays name their base relative to the project root
     try:
         configs = {}
         shipped = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "experiments").glob("voc07*.yaml"))
         for path in ["params.yaml", *shipped]:
-            cfg = model_config(load_params(path), 20, decode=True).to_dict() | TINY
+            cfg = load_params(path).model_config(20, decode=True).to_dict() | TINY
             key = json.dumps({k: v for k, v in cfg.items() if k not in TRAINING_ONLY})
             configs.setdefault(key, []).append(path.removeprefix("experiments/").removesuffix(".yaml"))
     finally:

@@ -294,10 +294,10 @@ def test_voc07_from_coco_is_torchvision_coco_fcos(monkeypatch):
     are not downloaded here; tests/test_configs.py checks the overlay itself)."""
     from conftest import ROOT
 
-    from pipeline.params import load_params, model_config
+    from pipeline.params import load_params
 
     monkeypatch.chdir(ROOT)   # overlays name their base relative to the project root
-    ours = model_config(load_params("experiments/voc07_from_coco.yaml"), 20)
+    ours = load_params("experiments/voc07_from_coco.yaml").model_config(20)
     coco = config_from_torchvision(fcos_resnet50_fpn(weights=None, weights_backbone=None))
     same = ("backbone", "fpn_channels", "head_convs", "gn_groups", "level_scales", "resize_rounding", "strides",
             "point_offset", "point_spacing", "range_bounds", "open_ranges", "center_sampling_radius", "image_mean")

@@ -9,6 +9,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from pipeline.params_schema import SECTIONS
+
 # Modules no stage output depends on, whatever they hold.
 EXEMPT = {
     "pipeline/cli.py": "argument parsing; it hands the params file to the stage, whose behaviour lives in the "
@@ -113,3 +115,68 @@ def test_the_analysis_sees_lazy_and_relative_imports():
     # eval_analysis is imported inside run(); fcos.data through `from fcos.data import ...` inside run() too
     assert {"pipeline/eval_analysis.py", "pipeline/artifacts.py", "fcos/data/__init__.py", "fcos/engine.py",
             "pipeline/tracking/run.py"} <= found
+
+
+# What a Params method reads, by section (pipeline/params_schema.py).
+METHOD_READS = {"model_config": ("model",), "train_config": ("train", "eval.backend")}   # + decode if asked
+NOT_READ_BY_OUTPUTS = {"tracking", "tune"}   # MLflow side effects and the study: never a stage's output
+
+
+def params_read(path: Path) -> set[str]:
+    """`section.key` (or a whole `section`) that `params.section.key` chains and Params methods read in a file;
+    `params` is any name or attribute called params, or a local alias of one of its sections (`d =
+    params.data` -> `d.root`)."""
+    found, aliases = set(), {}
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            pairs = zip(node.targets[0].elts, node.value.elts) if isinstance(node.targets[0], ast.Tuple) and \
+                isinstance(node.value, ast.Tuple) else [(node.targets[0], node.value)]
+            for target, v in pairs:
+                if isinstance(target, ast.Name) and isinstance(v, ast.Attribute) and _is_params(v.value):
+                    aliases[target.id] = v.attr
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "model_config" \
+                and any(k.arg == "decode" and getattr(k.value, "value", False) for k in node.keywords):
+            found.add("decode")
+    inner, alias_values = set(), {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)}
+    alias_values |= {id(e) for n in ast.walk(tree) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Tuple)
+                     for e in n.value.elts}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and _is_params(node.value.value):
+            inner.add(id(node.value))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if _is_params(node.value) and node.attr in SECTIONS and id(node) not in inner | alias_values:
+            found.add(node.attr)                               # a whole section: asdict(params.decode)
+        elif isinstance(node.value, ast.Attribute) and _is_params(node.value.value):
+            found.add(f"{node.value.attr}.{node.attr}")
+        elif isinstance(node.value, ast.Name) and node.value.id in aliases:
+            found.add(f"{aliases[node.value.id]}.{node.attr}")
+        elif _is_params(node.value) and node.attr in METHOD_READS:
+            found.update(METHOD_READS[node.attr])
+    return found
+
+
+def _is_params(node) -> bool:
+    return (isinstance(node, ast.Name) and node.id == "params") or \
+        (isinstance(node, ast.Attribute) and node.attr == "params")
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_a_stage_declares_every_param_it_reads(name):
+    stage = stages()[name]
+    start = [ROOT / "pipeline/stages" / f"{stage['cmd'].split()[1]}.py", ROOT / ENTRY]
+    modules = [p for p in closure(start) if not covered(str(p.relative_to(ROOT)), list(EXEMPT))]
+    read = {k for p in modules for k in params_read(p)}
+    read = {k for k in read if k.split(".")[0] not in NOT_READ_BY_OUTPUTS}
+    declared = [str(p) for p in stage.get("params", [])]
+    missing = sorted(k for k in read if not any(k == d or k.startswith(d + ".") for d in declared))
+    assert not missing, f"dvc.yaml stage {name}: params miss {missing}"
+
+
+def test_the_params_analysis_sees_chains_aliases_and_methods():
+    found = params_read(ROOT / "pipeline/training.py")
+    assert {"data.train_difficult", "train.seed", "eval.batch_size", "model", "train"} <= found
+    assert "decode" not in found                           # training keeps the default decoding
+    assert "decode" in params_read(ROOT / "pipeline/inference.py")

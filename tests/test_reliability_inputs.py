@@ -383,7 +383,7 @@ def test_overlay_chains_long_and_looping(project):
         (project / f"o{i}.yaml").write_text(yaml.safe_dump({"base": previous, "train": {"lr": 0.001 * (i + 1)}}))
         previous = f"o{i}.yaml"
     from pipeline.params import MAX_OVERLAYS, load_params
-    assert load_params("o9.yaml")["train"]["lr"] == pytest.approx(0.01)
+    assert load_params("o9.yaml").train.lr == pytest.approx(0.01)
     for i in range(10, MAX_OVERLAYS + 1):
         (project / f"o{i}.yaml").write_text(yaml.safe_dump({"base": f"o{i - 1}.yaml"}))
     one_line(run_cli("prepare", "--params", f"o{MAX_OVERLAYS}.yaml"), f"a chain of more than {MAX_OVERLAYS} overlays")
@@ -398,7 +398,7 @@ def test_use_writes_into_an_overlay_params_file(project):
     r = run_cli("use", "cfg.yaml", "--params", "mine.yaml")
     assert r.exit_code == 0, r.stderr
     from pipeline.params import load_params
-    assert load_params("mine.yaml")["train"]["lr"] == 0.003 and "# my settings" in (project / "mine.yaml").read_text()
+    assert load_params("mine.yaml").train.lr == 0.003 and "# my settings" in (project / "mine.yaml").read_text()
 
 
 @pytest.mark.parametrize("threshold", [float("nan"), 7, "high", -0.1])

@@ -235,7 +235,7 @@ def test_a_non_journal_storage_file_is_named(project):
 
 
 def test_tiny_params_still_valid():
-    from pipeline.params import validate
+    from pipeline.params_schema import validate
     assert validate(tiny_params()) == []
 
 

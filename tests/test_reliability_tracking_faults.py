@@ -150,7 +150,7 @@ def test_an_experiment_name_mlflow_would_refuse_is_refused_at_once(project):
     from conftest import run_cli
     from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
 
-    from pipeline.params import EXPERIMENT_NAME_MAX
+    from pipeline.params_schema import EXPERIMENT_NAME_MAX
     assert EXPERIMENT_NAME_MAX == MAX_EXPERIMENT_NAME_LENGTH
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["tracking"]["experiment"] = "x" * 600

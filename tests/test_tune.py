@@ -77,7 +77,7 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
            f"trial 0: {best['baseline']['value']:.4f})" in r.stderr.replace("\n", " "), r.stderr
     from pipeline.params import load_params
     p = load_params("params.yaml")
-    assert p["train"]["lr"] == best["params"]["train.lr"] and p["train"]["epochs"] == best["params"]["train.epochs"]
+    assert p.train.lr == best["params"]["train.lr"] and p.train.epochs == best["params"]["train.epochs"]
 
 
 def worker(project, trials, extra=(), env=None):
@@ -262,6 +262,7 @@ def test_baseline_trial_is_the_current_params_inside_the_space(value, outside):
 
     from pipeline.tuning.space import baseline_values
     space = yaml.safe_load(SPACE)
-    values, why = baseline_values(tiny_params(train={"lr": value}), space)
+    from pipeline.params_schema import Params
+    values, why = baseline_values(Params.from_dict(tiny_params(train={"lr": value})), space)
     assert why == outside
     assert values == (None if outside else {"train.lr": value, "train.epochs": 1})

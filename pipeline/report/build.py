@@ -10,18 +10,22 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from fcos.coco_eval import STAT_NAMES as STATS
 
 from ..errors import UserError
-from ..params import flatten
+from ..params_schema import flatten
 from ..paths import REPORTS
 from ..provenance import dataset_hash, git_commit, project_root
 from ..tracking import reader, tracking_uri
 from .publish import claim, publish, staging
 from .sections import finite
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 # Sortable metrics where lower is better, and the MLflow metric each one is read from.
 LOWER_IS_BETTER = {"ms_per_image": "test/ms_per_image", "train_seconds": "train_summary/train_seconds"}
@@ -161,14 +165,14 @@ def _check(sort_by: str, status: str | None, filter_tag: str | None, last: int |
     return status.upper() if status else None
 
 
-def run(params: dict, console, experiment: str | None = None, filter_tag: str | None = None,
+def run(params: Params, console, experiment: str | None = None, filter_tag: str | None = None,
         status: str | None = None, last: int | None = None, sort_by: str = "AP50", baseline: str | None = None,
         out: Path = REPORTS, storage: str | None = None, study_name: str | None = None,
         resamples: int | None = None, seed: int | None = None) -> Path:
     """Build the report; zero matching runs give a report (and a message) saying so, not an error."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep stderr to the final lines
     status = _check(sort_by, status, filter_tag, last)
-    name = experiment or params["tracking"]["experiment"]
+    name = experiment or params.tracking.experiment
     claim(out)   # before any work: a folder holding files of the user's is refused
     client = reader()
     exp = client.get_experiment_by_name(name)
@@ -181,7 +185,7 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
     return out / "report.html"
 
 
-def _build(params: dict, console, client, exp, name: str, filter_tag, status, last, sort_by, baseline,
+def _build(params: Params, console, client, exp, name: str, filter_tag, status, last, sort_by, baseline,
            out: Path, storage, study_name, resamples: int | None = None, seed: int | None = None) -> dict:
     """The report's files in `out` (a staging folder); returns {"runs": the number reported}."""
     from .compare import group_rows, paired_context  # seed repeats as one row; paired bootstrap intervals
@@ -200,7 +204,7 @@ def _build(params: dict, console, client, exp, name: str, filter_tag, status, la
     val_metric = sort_by if sort_by in STATS else "AP50"
     add_curves(client, top, val_metric)
     cache: dict = {}
-    current = flatten(params)
+    current = params.flat()
     filters = ", ".join(f for f in (filter_tag and f"tag {filter_tag}", status and f"status {status}",
                                     last and f"last {last}") if f) or "none"
     ctx = {

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..paths import DEFAULT_JOURNAL
 from ..tuning.storage import open_study, shown_url
 from ..tuning.study import study_figures
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -41,11 +45,10 @@ def _mlflow_summary(runs: list, name: str) -> dict | None:
             "runs": {t.data.tags.get("optuna_trial"): t.info.run_id for t in trials}}
 
 
-def tuning_section(params: dict, runs: list, storage: str | None, study_name: str | None, assets: Path) -> dict:
+def tuning_section(params: Params, runs: list, storage: str | None, study_name: str | None, assets: Path) -> dict:
     """Everything the report says about tuning; `missing` explains an absent or unreadable study."""
-    tune = params.get("tune") or {}
-    name = study_name or tune.get("study_name") or "fcos-exp"
-    url = storage or tune.get("storage") or str(DEFAULT_JOURNAL)
+    name = study_name or params.tune.study_name
+    url = storage or params.tune.storage or str(DEFAULT_JOURNAL)
     study, missing = open_study(url, name)
     section = {"name": name, "storage": shown_url(url), "missing": missing,
                "mlflow": _mlflow_summary(runs, name)}

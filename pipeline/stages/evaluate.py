@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -13,11 +14,15 @@ from fcos import distributed as dist
 from fcos.coco_eval import STAT_NAMES as STATS
 from fcos.files import atomic_write
 
-from ..artifacts import load_dataset, load_trained, trained_path, write_json
+from ..artifacts import load_dataset, write_json
 from ..errors import UserError
+from ..inference import load_trained, trained_path
 from ..paths import EVAL_METRICS, EVAL_PLOTS, PER_CLASS_CSV, PR_METRICS, PREPARED
 from ..progress import bar
 from ..tracking import Tracker
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 
 def map_table(metrics: dict, title: str = "COCO bbox metrics (test split)") -> Table:
@@ -32,7 +37,7 @@ def map_table(metrics: dict, title: str = "COCO bbox metrics (test split)") -> T
     return table
 
 
-def run(params: dict, console) -> dict:
+def run(params: Params, console) -> dict:
     from fcos.data import build_loader
     from fcos.engine import evaluate
 
@@ -45,12 +50,12 @@ def run(params: dict, console) -> dict:
     if test_ds.classes != classes:
         raise UserError(f"{trained_path(params)}: trained on classes {classes}, but the test split has "
                         f"{test_ds.classes}")
-    loader = build_loader(test_ds, params["eval"]["batch_size"], num_workers=params["data"]["num_workers"],
+    loader = build_loader(test_ds, params.eval.batch_size, num_workers=params.data.num_workers,
                           shard=True)
     with bar(console) as progress:
         task = progress.add_task("evaluate", total=len(loader), info="")
         m = evaluate(trained.model, loader, PREPARED / "test.json", test_ds.cat_ids, trained.device,
-                     params["eval"]["backend"], trained.amp,
+                     params.eval.backend, trained.amp,
                      progress=lambda done, total: progress.update(task, completed=done))
     main = dist.is_main_process()
     if dist.is_distributed():
@@ -62,7 +67,7 @@ def run(params: dict, console) -> dict:
               "inference_seconds": m["inference_seconds"], "model_seconds": m["model_seconds"],
               "data_seconds": m["data_seconds"], "metric_seconds": m["metric_seconds"],
               "ms_per_image": m["ms_per_image"], "num_images": m["num_images"],
-              "checkpoint": params["eval"]["checkpoint"]}
+              "checkpoint": params.eval.checkpoint}
     # TIDE errors, the worst images, VOC's metric and every metric's protocol (error_analysis.py).
     from ..error_analysis import analyse
     analysis = analyse(params, m, PREPARED / "test.json", test_ds.records)
@@ -78,9 +83,9 @@ def run(params: dict, console) -> dict:
             w.writerow([c, _fmt(m["per_class_AP50"].get(c)), _fmt(m["per_class_AP"].get(c))])
     # PR and F1 curves, F1-optimal thresholds, confusion matrix: metrics/pr.json, plots/eval/ (eval_analysis.py).
     from ..eval_analysis import write_analysis
-    pr = write_analysis(m, PREPARED / "test.json", params["eval"]["confusion_thresh"])
+    pr = write_analysis(m, PREPARED / "test.json", params.eval.confusion_thresh)
     with Tracker(params, new_run=False) as tracker:
-        tracker.set_tags({"eval_checkpoint": params["eval"]["checkpoint"]})   # which one the test/ metrics score
+        tracker.set_tags({"eval_checkpoint": params.eval.checkpoint})   # which one the test/ metrics score
         tracker.log_metrics({"test/F1": pr["F1"], "test/F1_thresh": pr["f1_thresh"]})   # None is not logged
         tracker.log_artifact(PR_METRICS, "metrics")
         tracker.log_artifact(EVAL_PLOTS, "eval")

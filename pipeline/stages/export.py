@@ -1,13 +1,18 @@
 """`fcos-exp export`: the trained model as one ONNX graph (image in, detections out), checked against PyTorch."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..paths import PREPARED
 
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
-def run(params: dict, console, model_path: Path, out: Path, check_images: int) -> dict:
+
+def run(params: Params, console, model_path: Path, out: Path, check_images: int) -> dict:
     from importlib.util import find_spec
 
     if check_images < 0:
@@ -25,9 +30,9 @@ def run(params: dict, console, model_path: Path, out: Path, check_images: int) -
     from fcos.export import OnnxDetector, compare, export_onnx, orientations
 
     model, classes = load_model(model_path, "cpu")
-    model.set_decoding(**params["decode"])   # written into the graph and its metadata
+    model.set_decoding(**asdict(params.decode))   # written into the graph and its metadata
     out.parent.mkdir(parents=True, exist_ok=True)
-    decode = ", ".join(f"{k} {v}" for k, v in params["decode"].items())
+    decode = ", ".join(f"{k} {v}" for k, v in asdict(params.decode).items())
     console.print(f"exporting {model_path} to ONNX with decode {decode} (torch.export, then the conversion: "
                   f"minutes on a small CPU)")
     tmp = out.with_name(f".{out.name}.tmp")   # `out` is replaced only by a graph that passed the check

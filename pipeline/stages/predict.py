@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..artifacts import load_trained, write_text
+from ..artifacts import write_text
 from ..errors import UserError
+from ..inference import load_trained
 from ..paths import PR_METRICS
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -47,7 +53,7 @@ def output_names(files: list[Path], out_dir: Path) -> list[Path]:
     return outs
 
 
-def detector(params: dict, model_path: Path | None):
+def detector(params: Params, model_path: Path | None):
     """(detect: PIL image -> {"boxes", "scores", "labels"} numpy arrays, class names) for the checkpoint
     eval.checkpoint names (None), another checkpoint, or an exported .onnx graph run by onnxruntime."""
 
@@ -70,7 +76,7 @@ def detector(params: dict, model_path: Path | None):
     return detect, trained.classes
 
 
-def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: float | str | None,
+def run(params: Params, console, inputs: list[Path], out_dir: Path, score_thresh: float | str | None,
         model_path: Path | None = None) -> dict:
     from fcos.data import DataError, load_image
     from fcos.export import OnnxRunError
@@ -85,11 +91,11 @@ def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: 
     detect, classes = detector(params, model_path)
     baked = getattr(detect, "decode", None)   # an .onnx graph decodes with the settings it was exported with
     if baked:
-        differ = {k: v for k, v in params["decode"].items() if baked.get(k) != v}
+        differ = {k: v for k, v in asdict(params.decode).items() if baked.get(k) != v}
         console.print(f"{model_path}: decoding inside the graph: {', '.join(f'{k} {v}' for k, v in baked.items())}"
                       + (f" (params decode differs: {', '.join(f'{k} {v}' for k, v in differ.items())}; "
                          f"`fcos-exp export` again applies it)" if differ else ""))
-    setting = params["visualize"]["score_thresh"] if score_thresh is None else score_thresh
+    setting = params.visualize.score_thresh if score_thresh is None else score_thresh
     if score_thresh is None and setting == "f1" and not PR_METRICS.is_file():
         console.print(f"no {PR_METRICS} yet (`fcos-exp evaluate` writes it): drawing scores >= {NO_F1_THRESH}")
         setting = NO_F1_THRESH

@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import os
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
 
 from fcos import FCOSConfig
 from fcos import distributed as dist
@@ -12,13 +14,17 @@ from fcos.config import DECODE_KEYS
 
 from ..artifacts import load_dataset, write_json
 from ..errors import UserError
-from ..params import device_of, flatten, model_config
+from ..params import device_of
+from ..params_schema import flatten
 from ..paths import BEST_MODEL, DATASET_PLOTS, MODEL, PREPARED, STEPS_CSV, TRAIN_LOCK, TRAIN_METRICS
 from ..progress import ProgressCallback
 from ..provenance import dataset_hash, git_commit
 from ..steplog import StepLog
 from ..tracking import MlflowCallback, Tracker
 from ..training import train
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 
 @contextmanager
@@ -35,7 +41,7 @@ def _only_training_here():
         yield
 
 
-def _check_resumable(params: dict) -> int:
+def _check_resumable(params: Params) -> int:
     """The checkpoint's global step, after checking it was trained with the same model and classes."""
     from fcos.checkpoint import load_checkpoint
     ckpt = load_checkpoint(MODEL)
@@ -46,7 +52,7 @@ def _check_resumable(params: dict) -> int:
         raise UserError(f"{MODEL}: trained on classes {ckpt['classes']}, but data/prepared has {names}; "
                         "train without --resume")
     saved = FCOSConfig.from_dict({**ckpt["model_config"], "weights": None})
-    wanted = model_config(params, len(names))
+    wanted = params.model_config(len(names))
     differ = [k for k, v in wanted.to_dict().items() if k not in (*DECODE_KEYS, "weights") and saved.to_dict()[k] != v]
     if differ:
         raise UserError(f"{MODEL}: trained with other model params ({', '.join(f'model.{k}' for k in differ)}); "
@@ -61,7 +67,7 @@ def _patience_note(best: dict, patience: int, epochs: int) -> str:
             f"validations (train.patience); {found}")
 
 
-def run(params: dict, console, resume: bool = False) -> dict:
+def run(params: Params, console, resume: bool = False) -> dict:
     import torch
 
     device = dist.init_distributed() if "RANK" in os.environ else device_of(params)
@@ -69,19 +75,19 @@ def run(params: dict, console, resume: bool = False) -> dict:
     with _only_training_here() if main else nullcontext():
         resume = resume and MODEL.is_file()
         resume_step = _check_resumable(params) if resume else 0
-        t = params["train"]
-        tracking = params if main else {**params, "tracking": {**params["tracking"], "enabled": False}}
+        t = params.train
+        tracking = params if main else replace(params, tracking=replace(params.tracking, enabled=False))
         with Tracker(tracking, new_run=not resume, system_metrics=True) as tracker:
             if not resume:
-                tracker.log_params(flatten(params))
-                tracker.set_tags({"git_commit": git_commit(), "dataset_hash": dataset_hash(), "seed": t["seed"],
+                tracker.log_params(params.flat())
+                tracker.set_tags({"git_commit": git_commit(), "dataset_hash": dataset_hash(), "seed": t.seed,
                                   "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
-                                  "backbone": params["model"]["backbone"]})
-                tracker.log_dataset(f"{params['data']['format']}-prepared", dataset_hash(), str(PREPARED.resolve()))
+                                  "backbone": params.model.backbone})
+                tracker.log_dataset(f"{params.data.format}-prepared", dataset_hash(), str(PREPARED.resolve()))
                 tracker.log_artifact(DATASET_PLOTS, "dataset")   # prepare's statistics of the data trained on
                 tracker.log_artifact(PREPARED / "summary.json", "dataset")
-            callbacks = [ProgressCallback(console, t["batch_size"] * dist.world_size()),
-                         StepLog(STEPS_CSV, resume_step), MlflowCallback(tracker, params["tracking"]["log_every"])]
+            callbacks = [ProgressCallback(console, t.batch_size * dist.world_size()),
+                         StepLog(STEPS_CSV, resume_step), MlflowCallback(tracker, params.tracking.log_every)]
             result = train(params, MODEL, callbacks if main else [], device, resume=resume, best=BEST_MODEL)
             history = result["history"]
             last = history[-1] if history else {}
@@ -95,8 +101,8 @@ def run(params: dict, console, resume: bool = False) -> dict:
                 summary.update(best_metric=best["metric"], best_epoch=best["epoch"], best_value=best["value"])
             if main:
                 if result["stopped_by"] == "patience":
-                    console.print(_patience_note(best, t["patience"], result["epochs"]))
-                if t["amp"] == "auto":
+                    console.print(_patience_note(best, t.patience, result["epochs"]))
+                if t.amp == "auto":
                     console.print(f"train.amp auto: trained with {result['amp']}")
                 tracker.set_tags({"amp": result["amp"]})   # as it ran (train.amp auto resolved)
                 write_json(TRAIN_METRICS, summary)
@@ -104,10 +110,9 @@ def run(params: dict, console, resume: bool = False) -> dict:
                                      if k not in ("stopped_early", "best_metric")})
                 if best["epoch"] is not None:
                     tracker.log_metrics({"best_epoch": best["epoch"], f"best_val_{best['metric']}": best["value"]})
-                tracker.log_model(MODEL, "fcos", {**flatten({"model": params["model"]}),
+                tracker.log_model(MODEL, "fcos", {**flatten({"model": asdict(params.model)}),
                                                   "classes": ",".join(result["classes"])})
                 tracker.log_artifact(TRAIN_METRICS, "metrics")
     if dist.is_distributed():
         torch.distributed.destroy_process_group()
     return summary
-

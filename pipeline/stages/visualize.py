@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ..artifacts import load_dataset, load_trained
+from ..artifacts import load_dataset
 from ..drawing import draw_boxes, per_class_bars, read_steps, side_by_side, training_curves
 from ..eval_analysis import class_thresholds
+from ..inference import load_trained
 from ..paths import DETECTIONS, EVAL_METRICS, STEPS_CSV, TRAINING_FIGURES
 from ..tracking import Tracker, tracking_uri
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 MIN_SIDE = 256   # panels are drawn at least this large: the embedded 128-px images at 256
 
@@ -33,7 +38,7 @@ def mosaic(images: list[Image.Image], cols: int = 2) -> Image.Image:
     return out
 
 
-def run(params: dict, console) -> dict:
+def run(params: Params, console) -> dict:
     import torch
 
     from fcos.data import load_image
@@ -48,9 +53,9 @@ def run(params: dict, console) -> dict:
     classes = trained.classes
     test_ds = load_dataset("test")
     # [K]: the number, or each class's F1-optimal threshold (metrics/pr.json)
-    thresh = torch.as_tensor(class_thresholds(params["visualize"]["score_thresh"], classes), device=trained.device)
+    thresh = torch.as_tensor(class_thresholds(params.visualize.score_thresh, classes), device=trained.device)
     panels = []
-    for i in pick_images(test_ds.records, params["visualize"]["num_images"]):
+    for i in pick_images(test_ds.records, params.visualize.num_images):
         r = test_ds.records[i]
         image = load_image(r.file)
         det = trained.detect([test_ds[i][0]])[0]

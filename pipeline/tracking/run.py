@@ -7,12 +7,16 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..paths import PENDING_FILE, RUN_FILE
 from .offline import append_pending, pending_steps
 from .ops import apply, create_run, metric_name
 from .runfile import last_run, write_run_file
 from .store import client, tracking_uri
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 
 class Tracker:
@@ -24,10 +28,10 @@ class Tracker:
     If the tracking server cannot be reached, nothing is lost: every call is appended to
     models/mlflow_pending.jsonl, the user is told once, and `fcos-exp sync` sends it when the server is back."""
 
-    def __init__(self, params: dict, new_run: bool, *, run_id: str | None = None, name: str | None = None,
+    def __init__(self, params: Params, new_run: bool, *, run_id: str | None = None, name: str | None = None,
                  tags: dict | None = None, remember: bool = True, system_metrics: bool = False):
-        self.enabled = params["tracking"]["enabled"]
-        self.experiment = params["tracking"]["experiment"]
+        self.enabled = params.tracking.enabled
+        self.experiment = params.tracking.experiment
         self.new_run, self.name, self.tags, self.remember = new_run, name, tags or {}, remember
         self.run_id, self.client, self.offline, self.monitor = run_id, None, False, None
         self.uri: str | None = None

@@ -6,9 +6,13 @@ import fcntl
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..provenance import project_root
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")   # no usage data leaves by default (README)
 # Fail fast when a tracking server is down (the defaults retry for minutes); calls are kept and synced later.
@@ -93,14 +97,14 @@ def experiment_id(mlflow_client, name: str) -> str:
         return exp.experiment_id
 
 
-def find_run(params: dict, tags: dict) -> str | None:
+def find_run(params: Params, tags: dict) -> str | None:
     """The newest run of the params' experiment carrying all `tags` (None when there is none, tracking is
     off or the server cannot be reached: the caller then starts a new run)."""
-    if not params["tracking"]["enabled"]:
+    if not params.tracking.enabled:
         return None
     try:
         c = client()
-        exp = c.get_experiment_by_name(params["tracking"]["experiment"])
+        exp = c.get_experiment_by_name(params.tracking.experiment)
         if exp is None:
             return None
         query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())

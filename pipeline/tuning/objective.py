@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fcos.callbacks import Callback, StopTraining
 
@@ -21,6 +22,9 @@ from ..training import train
 from . import signals
 from .space import apply_values, suggest
 from .storage import mark_worker, requeue
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING")   # states that use up a place among --trials
 
@@ -62,9 +66,9 @@ class Objective:
     `started()` runs first, once the trial exists (it releases the study lock, study.py); with an RDB
     storage, which has no such lock, a trial started when the study already had `n_trials` is given up."""
 
-    def __init__(self, params: dict, space: dict, study, parent_run: str | None, display, n_trials: int):
+    def __init__(self, params: Params, space: dict, study, parent_run: str | None, display, n_trials: int):
         self.params, self.space, self.study, self.parent, self.display = params, space, study, parent_run, display
-        self.metric, self.n_trials, self.started = params["tune"]["metric"], n_trials, lambda: None
+        self.metric, self.n_trials, self.started = params.tune.metric, n_trials, lambda: None
 
     def __call__(self, trial) -> float:
         import optuna
@@ -116,7 +120,7 @@ class Objective:
                   if t.number < trial.number and t.state.name in COUNTED]
         return len(before) >= self.n_trials
 
-    def _train(self, params: dict, report: _Report) -> dict:
+    def _train(self, params: Params, report: _Report) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             return train(params, Path(tmp) / "trial.pt", [report], device_of(params), eval_every=1,
-                         train_fraction=params["tune"]["train_fraction"])
+                         train_fraction=params.tune.train_fraction)

@@ -1,16 +1,18 @@
 """The search space: a YAML of dotted params.yaml keys -> distributions, checked, sampled and applied."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from ..errors import UserError
-from ..params import validate
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 
-def load_space(path: str | Path, params: dict) -> dict:
+def load_space(path: str | Path, params: Params) -> dict:
     """{dotted key: {"type": float|int|categorical, ...}}, checked against params.yaml."""
     path = Path(path)
     try:
@@ -21,10 +23,9 @@ def load_space(path: str | Path, params: dict) -> dict:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(space, dict):
         raise UserError(f"{path}: must map dotted params keys to distributions")
-    problems = []
+    problems, keys = [], params.flat()
     for key, spec in space.items():
-        section, _, name = str(key).partition(".")
-        if section not in params or not isinstance(params[section], dict) or name not in params[section]:
+        if key not in keys:
             problems.append(f"{path}: {key}: not a params.yaml key")
             continue
         kind = spec.get("type") if isinstance(spec, dict) else None
@@ -60,16 +61,9 @@ def suggest(trial, space: dict) -> dict:
     return out
 
 
-def apply_values(params: dict, values: dict) -> dict:
+def apply_values(params: Params, values: dict) -> Params:
     """A copy of params with dotted-key values set, validated like params.yaml itself."""
-    p = copy.deepcopy(params)
-    for key, value in values.items():
-        section, _, name = key.partition(".")
-        p[section][name] = value
-    problems = validate(p)
-    if problems:
-        raise UserError("\n".join(f"search space: {line}" for line in problems))
-    return p
+    return params.with_values(values, "search space")
 
 
 def short_params(values: dict) -> str:
@@ -78,13 +72,12 @@ def short_params(values: dict) -> str:
                      for k, v in values.items())
 
 
-def baseline_values(params: dict, space: dict) -> tuple[dict | None, str | None]:
+def baseline_values(params: Params, space: dict) -> tuple[dict | None, str | None]:
     """The current params' values of the space's keys, the study's first trial (what the defaults score at
     the study's fidelity on its validation split); (None, why) when one lies outside the space."""
-    values = {}
+    values, current = {}, params.flat()
     for key, spec in space.items():
-        section, _, name = key.partition(".")
-        v = params[section][name]
+        v = current[key]
         inside = v in spec["choices"] if spec["type"] == "categorical" else \
             isinstance(v, (int, float)) and not isinstance(v, bool) and spec["low"] <= v <= spec["high"] and \
             (spec["type"] == "float" or float(v).is_integer())

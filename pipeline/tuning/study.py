@@ -7,6 +7,7 @@ import time
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -21,6 +22,9 @@ from .display import Display, baseline_of, best_of, summary
 from .objective import COUNTED, Objective
 from .space import baseline_values, load_space, short_params
 from .storage import dashboard_command, journal_path, retry_dead_local_trials, shown_url, storage_for, study_lock
+
+if TYPE_CHECKING:
+    from ..params_schema import Params
 
 PRUNE_FROM = 25    # percent of a trial's schedule before the pruner first judges it (objective.py's steps)
 REDUCTION = 3      # successive halving / Hyperband: the best third of the trials at a rung goes on
@@ -113,22 +117,22 @@ def count(study, states=COUNTED) -> int:
 class Study:
     """One process's view of the study: its storage, the Optuna study, the display; `work` runs trials."""
 
-    def __init__(self, params: dict, display: Display, trials: int | None, storage: str | None,
+    def __init__(self, params: Params, display: Display, trials: int | None, storage: str | None,
                  study_name: str | None, seed_offset: int = 0):
         import optuna
         optuna.logging.set_verbosity(optuna.logging.ERROR)   # our display says what Optuna would log
-        self.params, self.display, t = params, display, params["tune"]
-        self.space = load_space(t["space"], params)
-        self.n_trials = t["trials"] if trials is None else trials
-        self.name, self.url = study_name or t["study_name"], storage or t["storage"]
-        backend = storage_for(self.url, t["heartbeat_seconds"], on_stale=lambda s, tr: self._dead([tr]))
+        self.params, self.display, t = params, display, params.tune
+        self.space = load_space(t.space, params)
+        self.n_trials = t.trials if trials is None else trials
+        self.name, self.url = study_name or t.study_name, storage or t.storage
+        backend = storage_for(self.url, t.heartbeat_seconds, on_stale=lambda s, tr: self._dead([tr]))
         with warnings.catch_warnings():   # constant_liar is "experimental"; it keeps workers apart
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=t["seed"] + seed_offset, n_startup_trials=t["startup_trials"],
+            sampler = optuna.samplers.TPESampler(seed=t.seed + seed_offset, n_startup_trials=t.startup_trials,
                                                  constant_liar=True)
         try:
-            self.study = optuna.create_study(storage=backend, sampler=sampler, pruner=make_pruner(t["pruner"]),
-                                             study_name=self.name, direction=t["direction"], load_if_exists=True)
+            self.study = optuna.create_study(storage=backend, sampler=sampler, pruner=make_pruner(t.pruner),
+                                             study_name=self.name, direction=t.direction, load_if_exists=True)
         except (ValueError, KeyError, TypeError) as e:   # a study of another direction, a corrupt journal
             raise UserError(f"{self.shown}: not a usable Optuna storage for study '{self.name}' "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
@@ -140,8 +144,8 @@ class Study:
 
     def prepare(self) -> None:
         """Say what runs; check the study's fidelity; a new study gets the current params as its first trial."""
-        t = self.params["tune"]
-        fraction = t["train_fraction"]
+        t = self.params.tune
+        fraction = t.train_fraction
         self.display.line(f"study '{self.name}' in {self.shown}: {count(self.study, ('COMPLETE', 'PRUNED'))} of "
                           f"{self.n_trials} trials done; trials train on {fraction:.0%} of the training images and "
                           f"validate on data/prepared/val.json every epoch ({t['metric']}, pruner {t['pruner']})")
@@ -206,7 +210,7 @@ class Study:
                 "done": states["COMPLETE"] + states["PRUNED"], "wanted": self.n_trials, **extra}
 
 
-def run_worker(params: dict, display: Display, trials, storage, study_name, parent_run: str | None,
+def run_worker(params: Params, display: Display, trials, storage, study_name, parent_run: str | None,
                index: int) -> dict:
     """A worker process of `--workers N` (started by workers.py): trials only, no summary."""
     s = Study(params, display, trials, storage, study_name, seed_offset=index)
@@ -218,13 +222,13 @@ def run_worker(params: dict, display: Display, trials, storage, study_name, pare
     return s.result()
 
 
-def run_study(params: dict, console, trials: int | None, storage: str | None, study_name: str | None,
+def run_study(params: Params, console, trials: int | None, storage: str | None, study_name: str | None,
               params_path: str = "params.yaml", workers: int = 1, threads: int | None = None) -> dict:
     """The whole study from this command: one worker here, or `workers` processes (workers.py) each
     started with `params_path`."""
     from .workers import run_workers
-    t = params["tune"]
-    display = Display.for_console(console, t["metric"], params["train"]["epochs"])
+    t = params.tune
+    display = Display.for_console(console, t.metric, params.train.epochs)
     s = Study(params, display, trials, storage, study_name)
     s.prepare()
     tags = {"optuna_study": s.name, "fcos_role": "study"}
@@ -234,7 +238,7 @@ def run_study(params: dict, console, trials: int | None, storage: str | None, st
                  remember=False) as parent:
         link = dashboard_command(s.url)
         parent.set_tags({"optuna_storage": s.shown, "optuna_dashboard": link,
-                         "tune.train_fraction": t["train_fraction"],
+                         "tune.train_fraction": t.train_fraction,
                          "mlflow.note.content": f"Optuna study '{s.name}' in {s.shown}; each trial is a child run "
                                                 f"of this one. See the study: `{link}`"})
         if workers > 1:
@@ -260,6 +264,6 @@ def run_study(params: dict, console, trials: int | None, storage: str | None, st
         for path in study_figures(s.study, TUNING_FIGURES / s.name):
             parent.log_artifact(path, "optuna")
     result = s.result(interrupted=interrupted, worker_errors=worker_errors,
-                      best_file=write_best(s.study, t["metric"], t["train_fraction"]))
+                      best_file=write_best(s.study, t.metric, t.train_fraction))
     summary(display, s.study, result, time.perf_counter() - start)
     return result
