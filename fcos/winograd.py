@@ -23,6 +23,7 @@ the same detections; an unreadable file is ignored, an unwritable folder keeps t
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,6 +47,21 @@ _M, _A = 4, 6   # output tile, input tile
 TILE_BUDGET = 256   # tiles per chunk: big maps run ~1.3x faster in chunks that stay in cache
 MARGIN = 1.05       # autotune: Winograd only when direct time / Winograd time >= MARGIN
 REPEATS = 3         # autotune: timed calls of each, interleaved, after one warm-up call; the minimum counts
+
+
+@functools.cache
+def transform_matrices(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The 2-D transforms as Kronecker products, for one matmul per tile: input B^T (x) B^T [36, 36], kernel
+    G (x) G [36, 9], output A^T (x) A^T [16, 36] (built in float64, then cast)."""
+    bt, g, at = (torch.tensor(m, dtype=torch.float64) for m in (_BT, _G, _AT))
+    return tuple(torch.kron(t, t).to(dtype=dtype, device=device) for t in (bt, g, at))
+
+
+def winograd_kernel(weight: Tensor) -> Tensor:
+    """G w G^T of a 3x3 kernel [O, C, 3, 3] -> [36, C, O], as one matmul (differentiable)."""
+    o, c = weight.shape[:2]
+    gg = transform_matrices(weight.dtype, weight.device)[1]
+    return (gg @ weight.permute(2, 3, 1, 0).reshape(9, c * o)).view(_A * _A, c, o)
 
 
 def cpu_info() -> tuple[str, list[str]]:
@@ -133,9 +149,6 @@ class WinogradConv2d(nn.Conv2d):
                  autotune: bool = False, device=None):
         super().__init__(in_channels, out_channels, 3, padding=1, bias=bias, device=device)
         self.min_pixels, self.autotune = min_pixels, autotune
-        for name, m in (("g", _G), ("bt", _BT), ("at", _AT)):
-            t = torch.tensor(m, dtype=torch.float32, device=self.weight.device)
-            self.register_buffer(name, t if name == "g" else torch.kron(t, t), persistent=False)
         self._kernel_cache: tuple | None = None
 
     @classmethod
@@ -152,8 +165,7 @@ class WinogradConv2d(nn.Conv2d):
         w = self.weight
         key = (w.data_ptr(), w._version, w.device)
         if self._kernel_cache is None or self._kernel_cache[0] != key:
-            u = torch.einsum("ik,ockl,jl->ijco", self.g, w, self.g).reshape(_A * _A, w.shape[1], w.shape[0])
-            self._kernel_cache = (key, u.contiguous())
+            self._kernel_cache = (key, winograd_kernel(w.detach()))
         return self._kernel_cache[1]
 
     def _winograd_wins(self, x: Tensor) -> bool:
@@ -182,6 +194,7 @@ class WinogradConv2d(nn.Conv2d):
         """F(4x4, 3x3) of a float32 CPU input [B, C, H, W], in chunks of at most TILE_BUDGET tiles."""
         b, c, h, w = x.shape
         u = self._kernel()
+        bt, _, at = transform_matrices(x.dtype, x.device)
         th, tw = -(-h // _M), -(-w // _M)   # 4x4 output tiles per column / row
         xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, tw * _M + 1 - w, 1, th * _M + 1 - h))   # [B, 4th+2, 4tw+2, C]
         tiles = xp.unfold(1, _A, _M).unfold(2, _A, _M).flatten(0, 1)            # [B*th, tw, C, 6, 6] view
@@ -189,9 +202,9 @@ class WinogradConv2d(nn.Conv2d):
         out = []
         for r in range(0, b * th, step):
             t = tiles[r:r + step]
-            v = (self.bt @ t.permute(3, 4, 0, 1, 2).reshape(_A * _A, -1)).view(_A * _A, -1, c)
+            v = (bt @ t.permute(3, 4, 0, 1, 2).reshape(_A * _A, -1)).view(_A * _A, -1, c)
             m = torch.bmm(v, u)                                                 # [36, rows*tw, O]
-            y = (self.at @ m.view(_A * _A, -1)).view(_M, _M, t.shape[0], tw, -1)
+            y = (at @ m.view(_A * _A, -1)).view(_M, _M, t.shape[0], tw, -1)
             out.append(y.permute(2, 0, 3, 1, 4))                                # [rows, 4, tw, 4, O]
         y = torch.cat(out).view(b, th * _M, tw * _M, -1)[:, :h, :w]
         y = y + self.bias if self.bias is not None else y.contiguous()
@@ -199,11 +212,12 @@ class WinogradConv2d(nn.Conv2d):
 
 
 def use_winograd(module: nn.Module, min_channels: int = 256, min_pixels: int = 256, autotune: bool = False) -> int:
-    """Make every plain 3x3 stride-1 Conv2d of `module` with at least `min_channels` input and output
-    channels a WinogradConv2d sharing its Parameters, in place (`autotune`: each picks Winograd or direct per
-    input shape by timing). Returns the number replaced."""
-    targets = [(name, m) for name, m in module.named_modules() if name and type(m) is nn.Conv2d
-               and _is_3x3_same(m) and min(m.in_channels, m.out_channels) >= min_channels]
+    """Make every 3x3 stride-1 Conv2d (plain or a winograd_train.WinogradTrainConv2d) of `module` with at
+    least `min_channels` input and output channels a WinogradConv2d sharing its Parameters, in place
+    (`autotune`: each picks Winograd or direct per input shape by timing). Returns the number replaced."""
+    targets = [(name, m) for name, m in module.named_modules() if name and isinstance(m, nn.Conv2d)
+               and not isinstance(m, WinogradConv2d) and _is_3x3_same(m)
+               and min(m.in_channels, m.out_channels) >= min_channels]
     for name, conv in targets:
         parent, _, leaf = name.rpartition(".")
         new = WinogradConv2d.from_conv(conv, min_pixels, autotune)

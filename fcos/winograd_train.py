@@ -1,0 +1,245 @@
+"""Winograd F(4x4, 3x3) in training: forward and backward of one or more 3x3 convolutions over several maps
+(the FPN levels) in one call, chosen per layer shape by timing on this machine.
+
+Why: on a CPU the head's 3x3 convolutions (shared by the five levels) are most of a training step, and
+oneDNN runs them, forward and both backward passes, as direct convolutions. Here all the levels' 6x6 input
+tiles are transformed into one matrix V [36, T, C] (T: tiles of every level), the forward is one batched
+matmul V U [36, T, O] (U = G w G^T [36, C, O]), and the backward two more: dU = V^T dM and dV = dM U^T, with
+dM = A dY A^T the output gradient in the Winograd domain; dV goes back to the input through B (the adjoint of
+the input transform: overlapping tiles summed). That is the exact gradient of the computed forward, so it
+differs from the direct convolution's only by float rounding (tests/test_winograd_train.py bounds it), and
+it costs 4x fewer multiplications. Convolutions sharing their input (the first layers of the two towers) run
+as one, with their kernels side by side; the small levels, slow alone, ride along with the large one.
+
+Why timed: the transforms are memory-bound and the matmuls run on MKL, the direct convolution on oneDNN, so
+which is faster depends on the CPU and the shape. As for inference (fcos/winograd.py), the first call of a
+new shape key (batch, channels, outputs, every level's size, threads, layout) times the forward and backward
+of both on that input and takes Winograd only when it is at least `winograd.MARGIN` faster; the decision is
+kept with inference's in `winograd.CHOICES` (keys starting "train"), so a rerun on the machine makes the same
+choice and gives bit-identical weights. Outside `training(...)` (the default) every convolution is direct.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import winograd
+from .winograd import _is_3x3_same, transform_matrices, winograd_kernel
+
+MIN_CHANNELS = 64   # narrower layers keep the direct convolution without timing: too little work per tile
+_MODE: list = [False]   # the innermost `training` mode
+
+
+@contextlib.contextmanager
+def training(mode: bool | str = "auto"):
+    """Within it, grad-enabled float32 CPU convolutions passed through `conv_levels` run as Winograd: "auto"
+    where timing on this machine found it faster, True wherever eligible, False never (the direct
+    convolution, bit for bit as outside)."""
+    if mode not in ("auto", True, False):
+        raise ValueError(f"winograd must be 'auto', True or False, got {mode!r}")
+    _MODE.append(mode)
+    try:
+        yield
+    finally:
+        _MODE.pop()
+
+
+def _geometry(xs: Sequence[Tensor]) -> list[tuple[int, ...]]:
+    """Per map (B, H, W, tile rows, tile columns, first tile, end tile): its tiles' rows in V."""
+    geo, start = [], 0
+    for x in xs:
+        b, _, h, w = x.shape
+        th, tw = -(-h // 4), -(-w // 4)
+        geo.append((b, h, w, th, tw, start, start + b * th * tw))
+        start += b * th * tw
+    return geo
+
+
+def _input_transform(x: Tensor, th: int, tw: int, bt: Tensor, out: Tensor) -> None:
+    """B^T d B of every 6x6 tile of x [B, C, H, W] (zero-padded by 1) into out [36, tiles * C]."""
+    h, w = x.shape[-2:]
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, tw * 4 + 1 - w, 1, th * 4 + 1 - h))   # [B, 4th+2, 4tw+2, C]
+    tiles = xp.unfold(1, 6, 4).unfold(2, 6, 4).permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
+    torch.mm(bt, tiles, out=out)
+
+
+def _output_transform(m: Tensor, g: tuple[int, ...], at: Tensor, sizes: list[int],
+                      biases: list[Tensor | None]) -> list[Tensor]:
+    """A^T m A of one map's tiles m [36, tiles, sum(sizes)] -> one output [B, O_k, H, W] (channels_last) per
+    convolution, its bias added."""
+    b, h, w, th, tw = g[:5]
+    y = (at @ m.reshape(36, -1)).view(4, 4, b, th, tw, -1)
+    outs, start = [], 0
+    for size, bias in zip(sizes, biases, strict=True):
+        part = y[..., start:start + size].permute(2, 3, 0, 4, 1, 5)   # [B, th, 4, tw, 4, O_k]
+        out = m.new_empty(part.shape)
+        torch.add(part, bias, out=out) if bias is not None else out.copy_(part)
+        out = out.view(b, th * 4, tw * 4, size)
+        if h % 4 or w % 4:
+            out = out[:, :h, :w].contiguous()
+        outs.append(out.permute(0, 3, 1, 2))
+        start += size
+    return outs
+
+
+def _fold(dt: Tensor, g: tuple[int, ...]) -> Tensor:
+    """The adjoint of the input transform's tiling: dt [6, 6, B, th, tw, C] (gradient per tile position)
+    -> [B, C, H, W], overlapping tiles summed (columns, then rows) and the zero padding cut off."""
+    b, h, w, th, tw = g[:5]
+    c = dt.shape[-1]
+    cols = dt.new_empty(6, b, th, tw + 1, 4, c)   # tile column j's positions 4, 5 are column j+1's 0, 1
+    cols[:, :, :, tw].zero_()
+    cols[:, :, :, :tw] = dt[:, :4].permute(0, 2, 3, 4, 1, 5)
+    cols[:, :, :, 1:, :2] += dt[:, 4:].permute(0, 2, 3, 4, 1, 5)
+    cols = cols.view(6, b, th, (tw + 1) * 4, c)
+    rows = dt.new_empty(b, th + 1, 4, (tw + 1) * 4, c)
+    rows[:, th].zero_()
+    rows[:, :th] = cols[:4].permute(1, 2, 0, 3, 4)
+    rows[:, 1:, :2] += cols[4:].permute(1, 2, 0, 3, 4)
+    return rows.view(b, th * 4 + 4, tw * 4 + 4, c)[:, 1:h + 1, 1:w + 1].permute(0, 3, 1, 2)
+
+
+class _Levels(torch.autograd.Function):
+    """(u [36, C, O], biases, sizes, *maps) -> the outputs of every convolution on every map, convolution-major
+    (O = sum(sizes): the convolutions' kernels side by side)."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, sizes: list[int], *args: Tensor | None):
+        biases, xs = list(args[:len(sizes)]), args[len(sizes):]
+        bt, _, at = transform_matrices(u.dtype, u.device)
+        geo = _geometry(xs)
+        c = u.shape[1]
+        v = u.new_empty(36, geo[-1][6], c)
+        for x, g in zip(xs, geo):
+            _input_transform(x, g[3], g[4], bt, v[:, g[5]:g[6]].view(36, -1))
+        m = torch.bmm(v, u)                                                     # [36, T, O]
+        outs = [_output_transform(m[:, g[5]:g[6]], g, at, sizes, biases) for g in geo]   # [map][conv]
+        ctx.save_for_backward(v, u)
+        ctx.geo, ctx.sizes, ctx.has_bias = geo, sizes, [b is not None for b in biases]
+        return tuple(outs[i][k] for k in range(len(sizes)) for i in range(len(xs)))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor | None):
+        v, u = ctx.saved_tensors
+        geo, sizes = ctx.geo, ctx.sizes
+        bt, _, at = transform_matrices(u.dtype, u.device)
+        n = len(geo)
+        dm = u.new_empty(36, v.shape[1], u.shape[2])
+        for i, (b, h, w, th, tw, t0, t1) in enumerate(geo):
+            gt = u.new_zeros(4, 4, b, th, tw, u.shape[2])   # the output gradient in tile order (zero padding)
+            start = 0
+            for k, size in enumerate(sizes):
+                gy = grads[k * n + i]
+                if gy is not None:
+                    gy = F.pad(gy.permute(0, 2, 3, 1), (0, 0, 0, tw * 4 - w, 0, th * 4 - h))
+                    gt[..., start:start + size] = gy.reshape(b, th, 4, tw, 4, size).permute(2, 4, 0, 1, 3, 5)
+                start += size
+            torch.mm(at.t(), gt.view(16, -1), out=dm[:, t0:t1].view(36, -1))
+        du = torch.bmm(v.transpose(1, 2), dm) if ctx.needs_input_grad[0] else None
+        dbias: list[Tensor | None] = []
+        for k, has in enumerate(ctx.has_bias):
+            gs = [g.sum((0, 2, 3)) for g in grads[k * n:(k + 1) * n] if g is not None]
+            dbias.append(torch.stack(gs).sum(0) if has and gs and ctx.needs_input_grad[2 + k] else None)
+        dxs: list[Tensor | None] = [None] * n
+        needs_x = ctx.needs_input_grad[2 + len(sizes):]
+        if any(needs_x):
+            dv = torch.bmm(dm, u.transpose(1, 2))                               # [36, T, C]
+            for i, g in enumerate(geo):
+                if needs_x[i]:
+                    dt = (bt.t() @ dv[:, g[5]:g[6]].reshape(36, -1)).view(6, 6, *g[:1], *g[3:5], -1)
+                    dxs[i] = _fold(dt, g)
+        return (du, None, *dbias, *dxs)
+
+
+def winograd_levels(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> list[list[Tensor]]:
+    """outs[k][i] = convs[k](xs[i]) computed as Winograd F(4x4, 3x3) in one call, differentiable."""
+    weight = torch.cat([c.weight for c in convs]) if len(convs) > 1 else convs[0].weight
+    sizes = [c.out_channels for c in convs]
+    flat = _Levels.apply(winograd_kernel(weight), sizes, *[c.bias for c in convs], *xs)
+    return [list(flat[k * len(xs):(k + 1) * len(xs)]) for k in range(len(convs))]
+
+
+def _direct(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> list[list[Tensor]]:
+    return [[c(x) for x in xs] for c in convs]
+
+
+def _eligible(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> bool:
+    x = xs[0]
+    return (_MODE[-1] is not False and torch.is_grad_enabled() and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+            and all(t.dtype == torch.float32 and t.dim() == 4 and t.shape[:2] == x.shape[:2] for t in xs)
+            and all(_is_3x3_same(c) and c.weight.dtype == torch.float32 and c.in_channels == x.shape[1]
+                    and min(c.in_channels, c.out_channels) >= MIN_CHANNELS for c in convs))
+
+
+def _key(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> str:
+    b, c = xs[0].shape[:2]
+    layout = "nhwc" if xs[0].is_contiguous(memory_format=torch.channels_last) else "nchw"
+    maps = ",".join(f"{x.shape[2]}x{x.shape[3]}" for x in xs)
+    return (f"train b{b} c{c} o{'+'.join(str(m.out_channels) for m in convs)} l{maps} g{int(xs[0].requires_grad)} "
+            f"t{torch.get_num_threads()} {layout}")
+
+
+def _timed_choice(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> bool:
+    """Whether Winograd's forward + backward on xs beat the direct convolution's by winograd.MARGIN, timed
+    on detached copies (the model's gradients untouched)."""
+    copies = [nn.Conv2d(c.in_channels, c.out_channels, 3, padding=1, bias=c.bias is not None) for c in convs]
+    for copy, conv in zip(copies, convs):   # plain Conv2d: their direct path is the convolution itself
+        copy.load_state_dict(conv.state_dict())
+    inputs = [x.detach().requires_grad_(x.requires_grad) for x in xs]
+    wrt = [p for c in copies for p in c.parameters()] + [x for x in inputs if x.requires_grad]
+
+    def step(run):
+        def fn(_):
+            outs = [y for ys in run(copies, inputs) for y in ys]
+            torch.autograd.grad(outs, wrt, [torch.ones_like(y) for y in outs])
+        return fn
+    direct, wino = winograd._min_times((step(_direct), step(winograd_levels)), xs[0])
+    return direct >= winograd.MARGIN * wino
+
+
+def _use_winograd(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> bool:
+    """Inside `training`: whether convs on xs run as Winograd (mode True, or "auto" and timed faster)."""
+    if not _eligible(convs, xs):
+        return False
+    if _MODE[-1] is True:
+        return True
+    key = _key(convs, xs)
+    choice = winograd.CHOICES.get(key)
+    if choice is None:
+        choice = _timed_choice(convs, xs)
+        winograd.CHOICES.put(key, choice)
+    return choice
+
+
+def conv_levels(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> list[list[Tensor]]:
+    """outs[k][i] = convs[k](xs[i]) for 3x3 convolutions `convs` sharing their inputs `xs` (maps of any sizes,
+    the same batch and channels): inside `training` as one Winograd call where it is chosen (see the module
+    docstring), else each convolution on each map, exactly as calling them."""
+    return winograd_levels(convs, xs) if _use_winograd(convs, xs) else _direct(convs, xs)
+
+
+class WinogradTrainConv2d(nn.Conv2d):
+    """An nn.Conv2d (same parameters and state_dict; 3x3, stride 1, padding 1) that inside `training` runs as
+    Winograd where chosen for its input's shape, and outside it is exactly nn.Conv2d."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return winograd_levels([self], [x])[0][0] if _use_winograd([self], [x]) else super().forward(x)
+
+
+def use_winograd_in_training(module: nn.Module) -> int:
+    """Make every plain 3x3 stride-1 Conv2d of `module` with >= MIN_CHANNELS input and output channels a
+    WinogradTrainConv2d sharing its Parameters, in place; returns the number replaced."""
+    targets = [(name, m) for name, m in module.named_modules() if name and type(m) is nn.Conv2d
+               and _is_3x3_same(m) and min(m.in_channels, m.out_channels) >= MIN_CHANNELS]
+    for name, conv in targets:
+        new = WinogradTrainConv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None,
+                                  device=conv.weight.device)
+        new.weight, new.bias = conv.weight, conv.bias
+        parent, _, leaf = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, leaf, new)
+    return len(targets)
