@@ -26,6 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .coco_eval import coco_evaluate
 from .config import TrainConfig
 from .optim import build_optimizer, build_scheduler
+from .winograd_train import training as winograd_training
 
 
 def seed_everything(seed: int) -> None:
@@ -131,7 +132,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
     one call per step as before, and does a non-finite loss stop training, naming its step (`nonfinite:
     stop`; the steps between it and the read ran on NaN weights, and no checkpoint is written from them).
     On the CPU, where a read costs nothing, and with `nonfinite: skip`, which must know before the update,
-    the loss is read every step before the backward pass."""
+    the loss is read every step before the backward pass. On the CPU in float32, 3x3 convolutions run as
+    Winograd where `cfg.winograd` and timing on this machine pick it (fcos/winograd_train.py)."""
     model.train()
     every = cfg.sync_every or (10 if device.type == "cuda" else 1)
     lazy = every > 1 and cfg.nonfinite != "skip"
@@ -145,7 +147,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
     for step, (images, targets) in enumerate(loader):
         data_seconds += time.perf_counter() - last
         state.step = step
-        with autocast():
+        with autocast(), winograd_training(cfg.winograd):   # the backward runs what the forward chose
             losses = model(_to_device(images, device), targets)
         names = list(losses)
         values = torch.stack([v.detach().double() for v in losses.values()])
