@@ -21,6 +21,7 @@ choice and gives bit-identical weights. Outside `training(...)` (the default) ev
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -67,21 +68,28 @@ def _input_transform(x: Tensor, th: int, tw: int, bt: Tensor, out: Tensor) -> No
     torch.mm(bt, tiles, out=out)
 
 
-def _output_transform(m: Tensor, g: tuple[int, ...], at: Tensor, sizes: list[int],
-                      biases: list[Tensor | None]) -> list[Tensor]:
-    """A^T m A of one map's tiles m [36, tiles, sum(sizes)] -> one output [B, O_k, H, W] (channels_last) per
-    convolution, its bias added."""
+def _output_transform(m: Tensor, g: tuple[int, ...], at: Tensor, sizes: list[int], biases: list[Tensor | None],
+                      channels_last: bool) -> list[Tensor]:
+    """A^T m A of one map's tiles m [36, tiles, sum(sizes)] -> one output [B, O_k, H, W] per convolution, its
+    bias added, channels_last or contiguous."""
     b, h, w, th, tw = g[:5]
     y = (at @ m.reshape(36, -1)).view(4, 4, b, th, tw, -1)
     outs, start = [], 0
     for size, bias in zip(sizes, biases, strict=True):
-        part = y[..., start:start + size].permute(2, 3, 0, 4, 1, 5)   # [B, th, 4, tw, 4, O_k]
+        part = y[..., start:start + size]
+        if channels_last:   # [B, th, 4, tw, 4, O_k]
+            part, shape, bias_shape = part.permute(2, 3, 0, 4, 1, 5), (b, th * 4, tw * 4, size), (size,)
+        else:               # [B, O_k, th, 4, tw, 4]
+            part, shape, bias_shape = part.permute(2, 5, 3, 0, 4, 1), (b, size, th * 4, tw * 4), (size, 1, 1, 1, 1)
         out = m.new_empty(part.shape)
-        torch.add(part, bias, out=out) if bias is not None else out.copy_(part)
-        out = out.view(b, th * 4, tw * 4, size)
+        torch.add(part, bias.view(bias_shape), out=out) if bias is not None else out.copy_(part)
+        out = out.view(shape)
+        if channels_last:
+            out = out.permute(0, 3, 1, 2)
         if h % 4 or w % 4:
-            out = out[:, :h, :w].contiguous()
-        outs.append(out.permute(0, 3, 1, 2))
+            out = out[:, :, :h, :w].contiguous(memory_format=torch.channels_last if channels_last
+                                               else torch.contiguous_format)
+        outs.append(out)
         start += size
     return outs
 
@@ -104,11 +112,11 @@ def _fold(dt: Tensor, g: tuple[int, ...]) -> Tensor:
 
 
 class _Levels(torch.autograd.Function):
-    """(u [36, C, O], biases, sizes, *maps) -> the outputs of every convolution on every map, convolution-major
-    (O = sum(sizes): the convolutions' kernels side by side)."""
+    """(u [36, C, O], sizes, channels_last, *biases, *maps) -> the outputs of every convolution on every map,
+    convolution-major (O = sum(sizes): the convolutions' kernels side by side)."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, sizes: list[int], *args: Tensor | None):
+    def forward(ctx, u: Tensor, sizes: list[int], channels_last: bool, *args: Tensor | None):
         biases, xs = list(args[:len(sizes)]), args[len(sizes):]
         bt, _, at = transform_matrices(u.dtype, u.device)
         geo = _geometry(xs)
@@ -117,7 +125,7 @@ class _Levels(torch.autograd.Function):
         for x, g in zip(xs, geo):
             _input_transform(x, g[3], g[4], bt, v[:, g[5]:g[6]].view(36, -1))
         m = torch.bmm(v, u)                                                     # [36, T, O]
-        outs = [_output_transform(m[:, g[5]:g[6]], g, at, sizes, biases) for g in geo]   # [map][conv]
+        outs = [_output_transform(m[:, g[5]:g[6]], g, at, sizes, biases, channels_last) for g in geo]   # [map][conv]
         ctx.save_for_backward(v, u)
         ctx.geo, ctx.sizes, ctx.has_bias = geo, sizes, [b is not None for b in biases]
         return tuple(outs[i][k] for k in range(len(sizes)) for i in range(len(xs)))
@@ -143,23 +151,24 @@ class _Levels(torch.autograd.Function):
         dbias: list[Tensor | None] = []
         for k, has in enumerate(ctx.has_bias):
             gs = [g.sum((0, 2, 3)) for g in grads[k * n:(k + 1) * n] if g is not None]
-            dbias.append(torch.stack(gs).sum(0) if has and gs and ctx.needs_input_grad[2 + k] else None)
+            dbias.append(torch.stack(gs).sum(0) if has and gs and ctx.needs_input_grad[3 + k] else None)
         dxs: list[Tensor | None] = [None] * n
-        needs_x = ctx.needs_input_grad[2 + len(sizes):]
+        needs_x = ctx.needs_input_grad[3 + len(sizes):]
         if any(needs_x):
             dv = torch.bmm(dm, u.transpose(1, 2))                               # [36, T, C]
             for i, g in enumerate(geo):
                 if needs_x[i]:
                     dt = (bt.t() @ dv[:, g[5]:g[6]].reshape(36, -1)).view(6, 6, *g[:1], *g[3:5], -1)
                     dxs[i] = _fold(dt, g)
-        return (du, None, *dbias, *dxs)
+        return (du, None, None, *dbias, *dxs)
 
 
-def winograd_levels(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> list[list[Tensor]]:
-    """outs[k][i] = convs[k](xs[i]) computed as Winograd F(4x4, 3x3) in one call, differentiable."""
+def winograd_levels(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor], channels_last: bool = True) -> list[list[Tensor]]:
+    """outs[k][i] = convs[k](xs[i]) computed as Winograd F(4x4, 3x3) in one call, differentiable; outputs
+    channels_last (the tile order: no transposition) or contiguous."""
     weight = torch.cat([c.weight for c in convs]) if len(convs) > 1 else convs[0].weight
     sizes = [c.out_channels for c in convs]
-    flat = _Levels.apply(winograd_kernel(weight), sizes, *[c.bias for c in convs], *xs)
+    flat = _Levels.apply(winograd_kernel(weight), sizes, channels_last, *[c.bias for c in convs], *xs)
     return [list(flat[k * len(xs):(k + 1) * len(xs)]) for k in range(len(convs))]
 
 
@@ -176,15 +185,20 @@ def _eligible(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> bool:
                     and min(c.in_channels, c.out_channels) >= MIN_CHANNELS for c in convs))
 
 
-def _key(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> str:
+def _is_channels_last(x: Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _key(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor], channels_last: bool) -> str:
+    """The decision's key: batch, channels, outputs, the maps' sizes, input grad, threads, layout in > out."""
     b, c = xs[0].shape[:2]
-    layout = "nhwc" if xs[0].is_contiguous(memory_format=torch.channels_last) else "nchw"
+    layout = f"{'nhwc' if _is_channels_last(xs[0]) else 'nchw'}>{'nhwc' if channels_last else 'nchw'}"
     maps = ",".join(f"{x.shape[2]}x{x.shape[3]}" for x in xs)
     return (f"train b{b} c{c} o{'+'.join(str(m.out_channels) for m in convs)} l{maps} g{int(xs[0].requires_grad)} "
             f"t{torch.get_num_threads()} {layout}")
 
 
-def _timed_choice(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> bool:
+def _timed_choice(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor], channels_last: bool) -> bool:
     """Whether Winograd's forward + backward on xs beat the direct convolution's by winograd.MARGIN, timed
     on detached copies (the model's gradients untouched)."""
     copies = [nn.Conv2d(c.in_channels, c.out_channels, 3, padding=1, bias=c.bias is not None) for c in convs]
@@ -198,20 +212,21 @@ def _timed_choice(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> bool:
             outs = [y for ys in run(copies, inputs) for y in ys]
             torch.autograd.grad(outs, wrt, [torch.ones_like(y) for y in outs])
         return fn
-    direct, wino = winograd._min_times((step(_direct), step(winograd_levels)), xs[0])
+    wino = functools.partial(winograd_levels, channels_last=channels_last)
+    direct, wino = winograd._min_times((step(_direct), step(wino)), xs[0])
     return direct >= winograd.MARGIN * wino
 
 
-def _use_winograd(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> bool:
+def _use_winograd(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor], channels_last: bool) -> bool:
     """Inside `training`: whether convs on xs run as Winograd (mode True, or "auto" and timed faster)."""
     if not _eligible(convs, xs):
         return False
     if _MODE[-1] is True:
         return True
-    key = _key(convs, xs)
+    key = _key(convs, xs, channels_last)
     choice = winograd.CHOICES.get(key)
     if choice is None:
-        choice = _timed_choice(convs, xs)
+        choice = _timed_choice(convs, xs, channels_last)
         winograd.CHOICES.put(key, choice)
     return choice
 
@@ -219,16 +234,24 @@ def _use_winograd(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> bool:
 def conv_levels(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> list[list[Tensor]]:
     """outs[k][i] = convs[k](xs[i]) for 3x3 convolutions `convs` sharing their inputs `xs` (maps of any sizes,
     the same batch and channels): inside `training` as one Winograd call where it is chosen (see the module
-    docstring), else each convolution on each map, exactly as calling them."""
-    return winograd_levels(convs, xs) if _use_winograd(convs, xs) else _direct(convs, xs)
+    docstring), else each convolution on each map, exactly as calling them. Winograd's outputs take the
+    inputs' memory format, so that the network around keeps its own."""
+    channels_last = _is_channels_last(xs[0])
+    if _use_winograd(convs, xs, channels_last):
+        return winograd_levels(convs, xs, channels_last)
+    return _direct(convs, xs)
 
 
 class WinogradTrainConv2d(nn.Conv2d):
     """An nn.Conv2d (same parameters and state_dict; 3x3, stride 1, padding 1) that inside `training` runs as
-    Winograd where chosen for its input's shape, and outside it is exactly nn.Conv2d."""
+    Winograd where chosen for its input's shape, its output in the input's memory format (so that the
+    network around it keeps its own), and outside it is exactly nn.Conv2d."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return winograd_levels([self], [x])[0][0] if _use_winograd([self], [x]) else super().forward(x)
+        channels_last = _is_channels_last(x)
+        if _use_winograd([self], [x], channels_last):
+            return winograd_levels([self], [x], channels_last)[0][0]
+        return super().forward(x)
 
 
 def use_winograd_in_training(module: nn.Module) -> int:

@@ -1,6 +1,8 @@
 """Winograd in training (fcos.winograd_train): its gradients are the direct convolution's (gradcheck in float64
 on small shapes, a float32 bound on realistic ones), it runs only inside `training`, each layer shape is timed
 once and the decision kept, and a model trained with it computes what the direct one does, to rounding."""
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -24,17 +26,19 @@ def _direct(convs, xs):
     return [[c(x) for x in xs] for c in convs]
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_gradients_pass_gradcheck_in_float64(channels_last):
+@pytest.mark.parametrize("channels_last_in,channels_last_out", [(False, True), (True, True), (False, False)])
+def test_gradients_pass_gradcheck_in_float64(channels_last_in, channels_last_out):
     torch.manual_seed(0)
     convs = [nn.Conv2d(3, 2, 3, padding=1).double(), nn.Conv2d(3, 1, 3, padding=1, bias=False).double()]
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last if channels_last_in else torch.contiguous_format
     xs = [torch.randn(2, 3, h, w, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
           for h, w in LEVELS]
     params = [p for c in convs for p in c.parameters()]
-    assert torch.autograd.gradcheck(lambda *_: tuple(y for ys in winograd_levels(convs, xs) for y in ys),
-                                    (*params, *xs))
-    got, got_grads, grads = _outputs_and_grads(convs, xs, winograd_levels)
+    run = functools.partial(winograd_levels, channels_last=channels_last_out)
+    assert torch.autograd.gradcheck(lambda *_: tuple(y for ys in run(convs, xs) for y in ys), (*params, *xs))
+    got, got_grads, grads = _outputs_and_grads(convs, xs, run)
+    layout = torch.channels_last if channels_last_out else torch.contiguous_format
+    assert all(y.is_contiguous(memory_format=layout) for y in got)
     want, want_grads, _ = _outputs_and_grads(convs, xs, _direct, grads)
     for a, b in zip([*got, *got_grads], [*want, *want_grads], strict=True):
         assert a.shape == b.shape
@@ -126,7 +130,7 @@ def test_auto_times_each_layer_shape_once_leaves_the_gradients_alone_and_follows
         outs = conv_levels(convs, xs)
     assert len(timed) == 1 and all(p.grad is None for c in convs for p in c.parameters())   # timed on copies
     (key, choice), = cache.choices.items()
-    assert key == f"train b2 c64 o64+64 l16x20,8x10 g1 t{torch.get_num_threads()} nchw"
+    assert key == f"train b2 c64 o64+64 l16x20,8x10 g1 t{torch.get_num_threads()} nchw>nhwc"
     with training("auto"):
         assert torch.equal(conv_levels(convs, xs)[1][0], outs[1][0]) and len(timed) == 1   # decided: no timing
         cache.choices[key] = not choice   # the recorded decision is what runs
