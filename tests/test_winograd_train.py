@@ -130,7 +130,7 @@ def test_auto_times_each_layer_shape_once_leaves_the_gradients_alone_and_follows
         outs = conv_levels(convs, xs)
     assert len(timed) == 1 and all(p.grad is None for c in convs for p in c.parameters())   # timed on copies
     (key, choice), = cache.choices.items()
-    assert key == f"train b2 c64 o64+64 l16x20,8x10 g1 t{torch.get_num_threads()} nchw>nhwc"
+    assert key == f"train b2 c64 o64+64 l16x20,8x10 g1 t{torch.get_num_threads()} nchw>nchw"
     with training("auto"):
         assert torch.equal(conv_levels(convs, xs)[1][0], outs[1][0]) and len(timed) == 1   # decided: no timing
         cache.choices[key] = not choice   # the recorded decision is what runs
