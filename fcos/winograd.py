@@ -1,25 +1,25 @@
 """Winograd F(4x4, 3x3) convolution for float32 inference on CPU (Lavin & Gray, 2015), chosen per shape by
-timing on this machine.
+timing on this machine; the transforms and the decisions file that training's Winograd
+(fcos/winograd_train.py) shares.
 
 Why our own: PyTorch's CPU convolution asks oneDNN for the direct algorithm (oneDNN's own Winograd exists
 only for AVX512 CPUs); NNPACK's Winograd is reachable only through a private torch op, which failed on this
 machine unless another convolution had run first. Here each 6x6 input tile is transformed by one small
 matmul, the convolution becomes 36 matmuls [tiles, C] x [C, O] (4x fewer multiplications than direct 3x3),
 and a second small matmul maps back to 4x4 output tiles. Outputs differ from direct convolution by float
-rounding (~1e-5 of the output scale against ~2e-6). Training (gradients on) keeps the direct convolution:
-through autograd a batch-4 step gained 1.2x at 20x28-40x56 but lost up to 2x on small and large maps
-(benchmarks/bench_winograd.py).
+rounding (about 5x the direct convolution's, tests/test_winograd.py). With gradients on, `WinogradConv2d`
+is the direct convolution; training's Winograd is fcos/winograd_train.py, a Function with its own backward
+over all FPN levels at once (through plain autograd it lost on small and large maps).
 
-Why timed: whether it wins depends on the CPU far more than on the layer. On a 2-core AVX2 CPU at batch 1 a
-256-channel layer ran 1.4-1.5x faster from 20x28 to 80x112, 512 channels 1.7-2.3x; on an AVX512+AMX Xeon
-the whole model ran 1.35x torchvision's speed with it against 1.11x without; on an AVX512 EPYC it made the
-model slower (0.86x against 0.99x). So `autotune` layers do what cudnn.benchmark does: on the first call
-with a new (batch, C, O, H, W, threads, layout), they time the direct convolution and Winograd on that input
-and take Winograd only when it is at least `MARGIN` faster (a near-tie keeps the direct convolution, the
-reference result). The decisions are shared by every layer of the process and kept in a JSON file per CPU
-model and torch version (`ShapeChoices`: under $FCOS_EXP_CACHE, else ~/.cache/fcos-exp), so that later
-processes on the machine (evaluate, visualize, predict, a second `dvc repro`) make the same choice and give
-the same detections; an unreadable file is ignored, an unwritable folder keeps the decisions in the process.
+Why timed: whether it wins depends on the CPU far more than on the layer (on some CPUs it made the whole
+model faster, on others slower: benchmarks/bench_model.py, bench_winograd.py). So `autotune` layers do what
+cudnn.benchmark does: on the first call with a new (batch, C, O, H, W, threads, layout), they time the direct
+convolution and Winograd on that input and take Winograd only when it is at least `MARGIN` faster (a
+near-tie keeps the direct convolution, the reference result). The decisions are shared by every layer of the
+process and kept in a JSON file per CPU model and torch version (`ShapeChoices`: under $FCOS_EXP_CACHE, else
+~/.cache/fcos-exp), so that later processes on the machine (evaluate, visualize, predict, a second
+`dvc repro`) make the same choice and give the same detections; an unreadable file is ignored, an
+unwritable folder keeps the decisions in the process.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ _AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 
 _M, _A = 4, 6   # output tile, input tile
 TILE_BUDGET = 256   # tiles per chunk: big maps run ~1.3x faster in chunks that stay in cache
 MARGIN = 1.05       # autotune: Winograd only when direct time / Winograd time >= MARGIN
-REPEATS = 3         # autotune: timed calls of each, interleaved, after one warm-up call; the minimum counts
+REPEATS = 5         # autotune: timed calls of each, interleaved, after one warm-up call; the minimum counts
 
 
 @functools.cache
@@ -127,14 +127,16 @@ def _is_3x3_same(conv: nn.Conv2d) -> bool:
 
 def _min_times(fns, x: Tensor) -> list[float]:
     """The shortest of REPEATS timed calls of each of `fns` on x, after a warm-up call each; interleaved, each
-    round in the other order."""
+    round in the other order. With one thread by the thread's CPU time (what other processes on the machine
+    take from it does not count), else by the wall clock."""
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     times = [float("inf")] * len(fns)
     for r in range(REPEATS + 1):
         for i in range(len(fns))[::1 if r % 2 else -1]:
-            start = time.perf_counter()
+            start = clock()
             fns[i](x)
             if r:
-                times[i] = min(times[i], time.perf_counter() - start)
+                times[i] = min(times[i], clock() - start)
     return times
 
 

@@ -21,7 +21,6 @@ choice and gives bit-identical weights. Outside `training(...)` (the default) ev
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -163,13 +162,18 @@ class _Levels(torch.autograd.Function):
         return (du, None, None, *dbias, *dxs)
 
 
+def _winograd(weights: Sequence[Tensor], biases: Sequence[Tensor | None], xs: Sequence[Tensor],
+              channels_last: bool) -> list[list[Tensor]]:
+    weight = torch.cat(list(weights)) if len(weights) > 1 else weights[0]
+    sizes = [w.shape[0] for w in weights]
+    flat = _Levels.apply(winograd_kernel(weight), sizes, channels_last, *biases, *xs)
+    return [list(flat[k * len(xs):(k + 1) * len(xs)]) for k in range(len(weights))]
+
+
 def winograd_levels(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor], channels_last: bool = True) -> list[list[Tensor]]:
     """outs[k][i] = convs[k](xs[i]) computed as Winograd F(4x4, 3x3) in one call, differentiable; outputs
     channels_last (the tile order: no transposition) or contiguous."""
-    weight = torch.cat([c.weight for c in convs]) if len(convs) > 1 else convs[0].weight
-    sizes = [c.out_channels for c in convs]
-    flat = _Levels.apply(winograd_kernel(weight), sizes, channels_last, *[c.bias for c in convs], *xs)
-    return [list(flat[k * len(xs):(k + 1) * len(xs)]) for k in range(len(convs))]
+    return _winograd([c.weight for c in convs], [c.bias for c in convs], xs, channels_last)
 
 
 def _direct(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> list[list[Tensor]]:
@@ -200,21 +204,23 @@ def _key(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor], channels_last: bool) 
 
 def _timed_choice(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor], channels_last: bool) -> bool:
     """Whether Winograd's forward + backward on xs beat the direct convolution's by winograd.MARGIN, timed
-    on detached copies (the model's gradients untouched)."""
-    copies = [nn.Conv2d(c.in_channels, c.out_channels, 3, padding=1, bias=c.bias is not None) for c in convs]
-    for copy, conv in zip(copies, convs):   # plain Conv2d: their direct path is the convolution itself
-        copy.load_state_dict(conv.state_dict())
+    on detached tensors (the model's gradients untouched; no module built, so the RNG is untouched too)."""
+    weights = [c.weight.detach().requires_grad_() for c in convs]
+    biases = [None if c.bias is None else c.bias.detach().requires_grad_() for c in convs]
     inputs = [x.detach().requires_grad_(x.requires_grad) for x in xs]
-    wrt = [p for c in copies for p in c.parameters()] + [x for x in inputs if x.requires_grad]
+    wrt = [t for t in [*weights, *biases, *inputs] if t is not None and t.requires_grad]
+
+    def direct():
+        return [[F.conv2d(x, w, b, padding=1) for x in inputs] for w, b in zip(weights, biases)]
 
     def step(run):
         def fn(_):
-            outs = [y for ys in run(copies, inputs) for y in ys]
+            outs = [y for ys in run() for y in ys]
             torch.autograd.grad(outs, wrt, [torch.ones_like(y) for y in outs])
         return fn
-    wino = functools.partial(winograd_levels, channels_last=channels_last)
-    direct, wino = winograd._min_times((step(_direct), step(wino)), xs[0])
-    return direct >= winograd.MARGIN * wino
+    times = winograd._min_times((step(direct), step(lambda: _winograd(weights, biases, inputs, channels_last))),
+                                xs[0])
+    return times[0] >= winograd.MARGIN * times[1]
 
 
 def _use_winograd(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor], channels_last: bool) -> bool:

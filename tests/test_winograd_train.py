@@ -126,9 +126,11 @@ def test_auto_times_each_layer_shape_once_leaves_the_gradients_alone_and_follows
     torch.manual_seed(2)
     convs = [nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)]
     xs = [torch.randn(2, 64, h, w, requires_grad=True) for h, w in ((16, 20), (8, 10))]
+    rng = torch.get_rng_state()
     with training("auto"):
         outs = conv_levels(convs, xs)
     assert len(timed) == 1 and all(p.grad is None for c in convs for p in c.parameters())   # timed on copies
+    assert torch.equal(torch.get_rng_state(), rng)   # and drew nothing: the run goes on as without timing
     (key, choice), = cache.choices.items()
     assert key == f"train b2 c64 o64+64 l16x20,8x10 g1 t{torch.get_num_threads()} nchw>nchw"
     with training("auto"):
