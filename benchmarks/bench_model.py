@@ -3,9 +3,10 @@ training step and batch-1 inference, interleaved in one run; ratios and achieved
 peak for the path's dtype (the best of several matmuls and oneDNN convolutions in float32, and in bfloat16
 where the CPU runs it natively: `common.peak_gflops`), so the gap to the limit stays visible.
 
-Training: fcos-exp is the step as `fcos.engine.train_one_epoch` runs it (`train.winograd` default: 3x3
-convolutions as Winograd where timing on this machine picks it, fcos/winograd_train.py), fcos-exp-direct the
-same with `train.winograd: false`; `--amp bf16` adds both models under bfloat16 autocast. Inference:
+Training: fcos-exp is the step as `fcos.engine.fit` runs it by default (`train.winograd: auto`: 3x3
+convolutions as Winograd where timing on this machine picks it, fcos/winograd_train.py; `train.channels_last`),
+fcos-exp-direct the same with `train.winograd: false`; torchvision as shipped (NCHW) and, for a like-for-like
+memory format, torchvision-cl (channels_last); `--amp bf16` adds both models under bfloat16 autocast. Inference:
 fcos-exp is the eager model; fcos-exp-fused is `fcos.inference.for_inference` (BatchNorm folded,
 channels_last, Winograd where timing picks it: what the evaluate/visualize/predict stages run); --winograd
 shows instead its three Winograd settings side by side (fcos-exp-fused-auto, -wino: always, -direct:
@@ -134,10 +135,16 @@ def main():
     images, targets = batch(args.batch, args.size)
 
     # Training: (model, winograd mode, amp) per row; copies so that each row's optimizer steps its own weights.
-    rows = {"fcos-exp": (ours, TrainConfig().winograd, "none"), "fcos-exp-direct": (copy.deepcopy(ours), False, "none"),
+    # fcos-exp in the engine's memory format (train.channels_last); torchvision as shipped, and in that format.
+    cfg = TrainConfig()
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    trained = copy.deepcopy(ours).to(memory_format=layout)   # `ours` stays as built for the inference rows
+    rows = {"fcos-exp": (trained, cfg.winograd, "none"), "fcos-exp-direct": (copy.deepcopy(trained), False, "none"),
             "torchvision": (theirs, False, "none")}
+    if cfg.channels_last:
+        rows["torchvision-cl"] = (copy.deepcopy(theirs).to(memory_format=layout), False, "none")
     if args.amp == "bf16":
-        rows |= {"fcos-exp-bf16": (copy.deepcopy(ours), False, "bf16"),
+        rows |= {"fcos-exp-bf16": (copy.deepcopy(trained), False, "bf16"),
                  "torchvision-bf16": (copy.deepcopy(theirs), False, "bf16")}
     steps = {}
     for name, (model, mode, amp) in rows.items():
@@ -192,8 +199,8 @@ def main():
             kind = ", effective" if name in wino else ""
             print(f"  {name:21s} {m * 1000:8.1f} ms  {n / m:6.2f} img/s  {gflops:6.1f} GFLOP/s ({limit}{kind})")
         for name in times:
-            base = "torchvision-bf16" if name.endswith("-bf16") else "torchvision"
-            if name != base:
+            bases = ["torchvision-bf16"] if name.endswith("-bf16") else ["torchvision", "torchvision-cl"]
+            for base in (b for b in bases if b in times and name != b and not name.startswith("torchvision")):
                 print(f"  speed ratio {name} / {base}: {median(times[base]) / median(times[name]):.2f}x  {label}")
     if wino_train or wino_infer:
         print("\neffective: direct-convolution FLOPs / time; Winograd does fewer multiplications, so it can exceed "

@@ -202,7 +202,7 @@ class TrainConfig:
     gamma: float = 0.1
     clip_grad_norm: float = 10.0     # 0: no clipping
     amp: str = "none"                # none | auto (bf16 where native, else fp16 on CUDA, else none) | fp16 | bf16
-    channels_last: bool = False
+    channels_last: bool = True       # CPU (Winograd in NHWC never transposes) and CUDA (tensor cores) alike
     winograd: bool | str = "auto"    # CPU float32: 3x3 convolutions as Winograd where timing picks it (winograd_train)
     sync_bn: bool = False            # DDP: BatchNorm statistics synchronised across ranks (SyncBatchNorm)
     nonfinite: str = "stop"          # stop | skip: what a NaN/inf loss does
