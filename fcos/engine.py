@@ -26,6 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .coco_eval import coco_evaluate
 from .config import TrainConfig
 from .optim import build_optimizer, build_scheduler
+from .winograd import cpu_info
 from .winograd_train import training as winograd_training
 
 
@@ -68,6 +69,12 @@ def _autocast(device: torch.device, amp: str) -> Callable[[], torch.autocast]:
 
 @functools.cache
 def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). oneDNN's own query says yes for any
+    AVX512BW CPU, where bf16 is only converted to float32 around float32 arithmetic; it answers only where
+    /proc/cpuinfo lists no x86 flags (another OS, ARM)."""
+    flags = set(cpu_info()[1])
+    if "avx2" in flags:   # x86 with flags listed
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):   # a private oneDNN query: assume support if it is gone
