@@ -50,11 +50,12 @@ REPEATS = 5         # autotune: timed calls of each, interleaved, after one warm
 
 
 @functools.cache
-def transform_matrices(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """The 2-D transforms as Kronecker products, for one matmul per tile: input B^T (x) B^T [36, 36], kernel
-    G (x) G [36, 9], output A^T (x) A^T [16, 36] (built in float64, then cast)."""
-    bt, g, at = (torch.tensor(m, dtype=torch.float64) for m in (_BT, _G, _AT))
-    return tuple(torch.kron(t, t).to(dtype=dtype, device=device) for t in (bt, g, at))
+def transform_matrices(dtype: torch.dtype, device: torch.device, kron: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Input B^T [6, 6], kernel G [6, 3], output A^T [4, 6]; with `kron` their 2-D forms as Kronecker
+    products, one matmul per tile: B^T (x) B^T [36, 36], G (x) G [36, 9], A^T (x) A^T [16, 36] (built in
+    float64, then cast)."""
+    mats = [torch.tensor(m, dtype=torch.float64) for m in (_BT, _G, _AT)]
+    return tuple((torch.kron(t, t) if kron else t).to(dtype=dtype, device=device) for t in mats)
 
 
 def winograd_kernel(weight: Tensor) -> Tensor:

@@ -59,12 +59,26 @@ def _geometry(xs: Sequence[Tensor]) -> list[tuple[int, ...]]:
     return geo
 
 
+def _kron_into(mat: Tensor, t: Tensor, out: Tensor) -> None:
+    """out [m*m, N] (rows may be strided) = (mat (x) mat) t for mat [m, a], t [a*a, N] contiguous: two small
+    matmuls over the tile's rows, then its columns (a third of the Kronecker matmul's work, and faster)."""
+    m, a = mat.shape
+    w = mat @ t.view(a, -1)                                                # [m, a * N]
+    torch.matmul(mat, w.view(m, a, -1), out=out.view(m, m, -1))
+
+
+def _kron_from(mat: Tensor, t: Tensor) -> Tensor:
+    """(mat (x) mat) t -> [m*m, N] contiguous, for t [a*a, N] whose rows may be strided."""
+    m, a = mat.shape
+    w = torch.matmul(mat, t.view(a, a, -1))                                # [a, m, N]
+    return (mat @ w.view(a, -1)).view(m * m, -1)
+
+
 def _input_transform(x: Tensor, th: int, tw: int, bt: Tensor, out: Tensor) -> None:
     """B^T d B of every 6x6 tile of x [B, C, H, W] (zero-padded by 1) into out [36, tiles * C]."""
     h, w = x.shape[-2:]
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, tw * 4 + 1 - w, 1, th * 4 + 1 - h))   # [B, 4th+2, 4tw+2, C]
-    tiles = xp.unfold(1, 6, 4).unfold(2, 6, 4).permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
-    torch.mm(bt, tiles, out=out)
+    _kron_into(bt, xp.unfold(1, 6, 4).unfold(2, 6, 4).permute(4, 5, 0, 1, 2, 3).reshape(36, -1), out)
 
 
 def _output_transform(m: Tensor, g: tuple[int, ...], at: Tensor, sizes: list[int], biases: list[Tensor | None],
@@ -72,7 +86,7 @@ def _output_transform(m: Tensor, g: tuple[int, ...], at: Tensor, sizes: list[int
     """A^T m A of one map's tiles m [36, tiles, sum(sizes)] -> one output [B, O_k, H, W] per convolution, its
     bias added, channels_last or contiguous."""
     b, h, w, th, tw = g[:5]
-    y = (at @ m.reshape(36, -1)).view(4, 4, b, th, tw, -1)
+    y = _kron_from(at, m.reshape(36, -1)).view(4, 4, b, th, tw, -1)
     outs, start = [], 0
     for size, bias in zip(sizes, biases, strict=True):
         part = y[..., start:start + size]
@@ -117,7 +131,7 @@ class _Levels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor, sizes: list[int], channels_last: bool, *args: Tensor | None):
         biases, xs = list(args[:len(sizes)]), args[len(sizes):]
-        bt, _, at = transform_matrices(u.dtype, u.device)
+        bt, _, at = transform_matrices(u.dtype, u.device, kron=False)
         geo = _geometry(xs)
         c = u.shape[1]
         v = u.new_empty(36, geo[-1][6], c)
@@ -133,7 +147,7 @@ class _Levels(torch.autograd.Function):
     def backward(ctx, *grads: Tensor | None):
         v, u = ctx.saved_tensors
         geo, sizes = ctx.geo, ctx.sizes
-        bt, _, at = transform_matrices(u.dtype, u.device)
+        bt, _, at = transform_matrices(u.dtype, u.device, kron=False)
         n = len(geo)
         dm = u.new_empty(36, v.shape[1], u.shape[2])
         for i, (b, h, w, th, tw, t0, t1) in enumerate(geo):
@@ -145,7 +159,7 @@ class _Levels(torch.autograd.Function):
                     gy = F.pad(gy.permute(0, 2, 3, 1), (0, 0, 0, tw * 4 - w, 0, th * 4 - h))
                     gt[..., start:start + size] = gy.reshape(b, th, 4, tw, 4, size).permute(2, 4, 0, 1, 3, 5)
                 start += size
-            torch.mm(at.t(), gt.view(16, -1), out=dm[:, t0:t1].view(36, -1))
+            _kron_into(at.t(), gt.view(16, -1), dm[:, t0:t1].view(36, -1))
         du = torch.bmm(v.transpose(1, 2), dm) if ctx.needs_input_grad[0] else None
         dbias: list[Tensor | None] = []
         for k, has in enumerate(ctx.has_bias):
@@ -157,7 +171,7 @@ class _Levels(torch.autograd.Function):
             dv = torch.bmm(dm, u.transpose(1, 2))                               # [36, T, C]
             for i, g in enumerate(geo):
                 if needs_x[i]:
-                    dt = (bt.t() @ dv[:, g[5]:g[6]].reshape(36, -1)).view(6, 6, *g[:1], *g[3:5], -1)
+                    dt = _kron_from(bt.t(), dv[:, g[5]:g[6]].reshape(36, -1)).view(6, 6, *g[:1], *g[3:5], -1)
                     dxs[i] = _fold(dt, g)
         return (du, None, None, *dbias, *dxs)
 
