@@ -1,7 +1,8 @@
-"""Winograd F(4x4, 3x3) (fcos.winograd) against PyTorch's direct convolution (oneDNN), per channel count and
-map size, interleaved: batch-1 inference (channels_last, as fcos.inference.for_inference runs it) and a batch-4
-training step (forward + backward); ratios, and the inference error against a float64 reference. The
-crossover differs from CPU to CPU, which is why `for_inference(winograd="auto")` times each shape where it runs.
+"""Winograd F(4x4, 3x3) against PyTorch's direct convolution (oneDNN), per channel count and map size,
+interleaved: batch-1 inference (fcos.winograd, channels_last, as fcos.inference.for_inference runs it) and a
+batch-4 training step (forward + backward of fcos.winograd_train, NCHW, one map); ratios, and the inference
+error against a float64 reference. The crossover differs from CPU to CPU, which is why
+`for_inference(winograd="auto")` and `train.winograd: auto` time each shape where they run.
 
     python benchmarks/bench_winograd.py [--rounds 5]
 """
@@ -15,14 +16,15 @@ from common import cpu_label, interleave, median
 from torch import nn
 
 from fcos.winograd import WinogradConv2d
+from fcos.winograd_train import winograd_levels
 
 SHAPES = [(c, hw) for c in (64, 128, 256, 512) for hw in ((10, 14), (16, 16), (20, 28), (40, 56), (80, 112))]
 
 
-def train_step(conv, x, grad):
+def train_step(conv, x, grad, winograd=False):
     def step():
         x.grad = conv.weight.grad = conv.bias.grad = None
-        conv(x).backward(grad)
+        (winograd_levels([conv], [x], channels_last=False)[0][0] if winograd else conv(x)).backward(grad)
     return step
 
 
@@ -41,7 +43,7 @@ def main():
         wino.load_state_dict(conv.state_dict())
         x = torch.randn(4, c, h, w, requires_grad=True)
         grad = torch.randn(4, c, h, w)
-        t_train = interleave({"conv": train_step(conv, x, grad), "wino": train_step(wino, x, grad)}, args.rounds)
+        t_train = interleave({"conv": train_step(conv, x, grad), "wino": train_step(wino, x, grad, True)}, args.rounds)
         one = x[:1].detach().contiguous(memory_format=torch.channels_last)
         conv.to(memory_format=torch.channels_last), wino.to(memory_format=torch.channels_last)
         with torch.inference_mode():

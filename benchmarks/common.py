@@ -1,5 +1,5 @@
 """Helpers for the benchmarks: interleaved timing (the host's speed drifts up to 2x), the CPU's label and its
-float32 peak."""
+float32 and bfloat16 peaks."""
 from __future__ import annotations
 
 import re
@@ -23,17 +23,17 @@ def cpu_label() -> str:
     return f"[{name}; {isa}; {torch.get_num_threads()} threads]"
 
 
-def _kernels() -> dict:
-    """float32 kernels a CPU runs near its peak: (FLOPs, fn) by name; matmuls (MKL or oneDNN) and large
-    convolutions (oneDNN), NCHW and channels_last."""
+def _kernels(dtype: torch.dtype) -> dict:
+    """Kernels a CPU runs near its peak in `dtype`: (FLOPs, fn) by name; matmuls (float32: MKL; bfloat16:
+    oneDNN) and large oneDNN convolutions, NCHW and channels_last."""
     out = {}
     for n in (1024, 2048, 3072):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         out[f"mm {n}"] = (2 * n ** 3, lambda a=a, b=b: torch.mm(a, b))
     for k, c in ((1, 512), (3, 256)):
-        w = torch.randn(c, c, k, k)
+        w = torch.randn(c, c, k, k, dtype=dtype)
         for layout in (torch.contiguous_format, torch.channels_last):
-            x = torch.randn(1, c, 64, 64).contiguous(memory_format=layout)
+            x = torch.randn(1, c, 64, 64, dtype=dtype).contiguous(memory_format=layout)
             wl = w.contiguous(memory_format=layout)
             name = f"conv{k}x{k} {c}ch 64x64 {'nhwc' if layout == torch.channels_last else 'nchw'}"
             out[name] = (2 * c * c * k * k * 64 * 64, lambda x=x, w=wl, p=k // 2: F.conv2d(x, w, padding=p))
@@ -41,17 +41,18 @@ def _kernels() -> dict:
 
 
 @torch.inference_mode()
-def peak_gflops(repeats: int = 3) -> tuple[float, str]:
-    """The best float32 GFLOP/s of `_kernels` on this machine (each: a warm-up call, then the fastest of
-    `repeats`) and the kernel that gave it: the ceiling to compare a model against."""
+def peak_gflops(dtype: torch.dtype = torch.float32, repeats: int = 3, clock=time.perf_counter) -> tuple[float, str]:
+    """The best GFLOP/s of `_kernels(dtype)` on this machine (each: a warm-up call, then the fastest of
+    `repeats`, timed by `clock` as `interleave` times) and the kernel that gave it: the ceiling to compare a
+    model's `dtype` path against."""
     best = (0.0, "")
-    for name, (n_flops, fn) in _kernels().items():
+    for name, (n_flops, fn) in _kernels(dtype).items():
         fn()
         seconds = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            seconds.append(time.perf_counter() - start)
+            seconds.append(clock() - start)
         best = max(best, (n_flops / min(seconds) / 1e9, name))
     return best
 
@@ -64,18 +65,19 @@ def flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def interleave(candidates: dict, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleave(candidates: dict, rounds: int, warmup: int = 1, clock=time.perf_counter) -> dict[str, list[float]]:
     """Time each candidate once per round after `warmup` untimed rounds, starting each round one candidate
-    later (A B C, B C A, C A B, ...) so that no candidate always runs first."""
+    later (A B C, B C A, C A B, ...) so that no candidate always runs first. `clock`: the wall clock, or
+    time.process_time on a loaded machine (one thread: the CPU time this process got, not the others')."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
     for r in range(warmup + rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             fn = candidates[name]
-            start = time.perf_counter()
+            start = clock()
             fn()
             if r >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return times
 
 

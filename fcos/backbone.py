@@ -12,6 +12,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from .config import FCOSConfig
 from .errors import InputError
+from .winograd_train import use_winograd_in_training
 
 _STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]  # trained first to last
 
@@ -64,6 +65,7 @@ class Backbone(nn.Module):
         # P6 from P5 (in_channels == out_channels selects P5 in LastLevelP6P7), P7 from ReLU(P6).
         self.fpn = FeaturePyramidNetwork([128 * expansion, 256 * expansion, 512 * expansion], c,
                                          extra_blocks=LastLevelP6P7(c, c))
+        use_winograd_in_training(self)   # the same modules and state_dict; Winograd only inside its `training`
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return list(self.fpn(self.body(x)).values())

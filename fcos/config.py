@@ -53,6 +53,10 @@ def of_type(t: type, optional: bool = False) -> Rule:
         f"must be {names.get(t, t.__name__)}{' or null' if optional else ''}, got {v!r}"
 
 
+def auto_or_bool(v) -> str | None:
+    return None if v == "auto" or isinstance(v, bool) else f"must be auto, true or false, got {v!r}"
+
+
 def numbers(n: int, rule: Rule) -> Rule:
     """A list or tuple of exactly n values, each passing `rule`."""
     def check(v):
@@ -218,7 +222,10 @@ class TrainConfig:
     clip_grad_norm: float = _param(10.0, "train")     # 0: no clipping
     # none | auto (bf16 where native, else fp16 on CUDA, else none) | fp16 | bf16
     amp: str = _param("none", "train")
-    channels_last: bool = _param(False, "train")
+    # CPU (Winograd in NHWC never transposes) and CUDA (tensor cores) alike
+    channels_last: bool = _param(True, "train")
+    # CPU float32: 3x3 convolutions as Winograd where timing picks it (winograd_train)
+    winograd: bool | str = _param("auto", "train")
     # DDP: BatchNorm statistics synchronised across ranks (SyncBatchNorm)
     sync_bn: bool = _param(False, "train")
     nonfinite: str = _param("stop", "train")          # stop | skip: what a NaN/inf loss does
@@ -239,7 +246,8 @@ class TrainConfig:
         "milestones": lambda v: of_type(list)(list(v) if isinstance(v, tuple) else v)
         or next((f"item {i}: {m}" for i, x in enumerate(v) if (m := number(0, 1)(x))), None),
         "gamma": number(0, 1, lo_open=True), "clip_grad_norm": number(0), "amp": choice("none", "auto", "fp16", "bf16"),
-        "channels_last": of_type(bool), "sync_bn": of_type(bool), "nonfinite": choice("stop", "skip"),
+        "channels_last": of_type(bool), "winograd": auto_or_bool, "sync_bn": of_type(bool),
+        "nonfinite": choice("stop", "skip"),
         "seed": number(0, 2**32 - 1, integer=True), "eval_every": number(0, integer=True),
         "best_metric": choice(*STAT_NAMES), "patience": number(0, 100000, integer=True),
         "eval_backend": choice("faster", "pycocotools"), "sync_every": number(0, 100000, integer=True),

@@ -27,6 +27,8 @@ from .coco_eval import coco_evaluate
 from .config import TrainConfig
 from .errors import InputError
 from .optim import build_optimizer, build_scheduler
+from .winograd import cpu_info
+from .winograd_train import training as winograd_training
 
 
 def seed_everything(seed: int) -> None:
@@ -68,6 +70,12 @@ def autocast_for(device: torch.device, amp: str) -> Callable[[], torch.autocast]
 
 @functools.cache
 def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). oneDNN's own query says yes for any
+    AVX512BW CPU, where bf16 is only converted to float32 around float32 arithmetic; it answers only where
+    /proc/cpuinfo lists no x86 flags (another OS, ARM)."""
+    flags = set(cpu_info()[1])
+    if "avx2" in flags:   # x86 with flags listed
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):   # a private oneDNN query: assume support if it is gone
@@ -132,7 +140,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
     one call per step as before, and does a non-finite loss stop training, naming its step (`nonfinite:
     stop`; the steps between it and the read ran on NaN weights, and no checkpoint is written from them).
     On the CPU, where a read costs nothing, and with `nonfinite: skip`, which must know before the update,
-    the loss is read every step before the backward pass."""
+    the loss is read every step before the backward pass. On the CPU in float32, 3x3 convolutions run as
+    Winograd where `cfg.winograd` and timing on this machine pick it (fcos/winograd_train.py)."""
     model.train()
     every = cfg.sync_every or (10 if device.type == "cuda" else 1)
     lazy = every > 1 and cfg.nonfinite != "skip"
@@ -146,7 +155,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, scaler, devi
     for step, (images, targets) in enumerate(loader):
         data_seconds += time.perf_counter() - last
         state.step = step
-        with autocast():
+        with autocast(), winograd_training(cfg.winograd):   # the backward runs what the forward chose
             losses = model(_to_device(images, device), targets)
         names = list(losses)
         values = torch.stack([v.detach().double() for v in losses.values()])

@@ -1,10 +1,16 @@
-"""`FCOSHead`: classification and regression towers shared across the FPN levels."""
+"""`FCOSHead`: classification and regression towers shared across the FPN levels.
+
+The towers run layer by layer over all levels (not level by level), so that each convolution sees its five
+maps in one `conv_levels` call: in training on a CPU that is one Winograd call for the five levels, and for the
+first layers of both towers, which read the same maps, one for the two (fcos/winograd_train.py)."""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import Tensor, nn
+
+from .winograd_train import conv_levels
 
 
 def _tower(channels: int, num_convs: int, groups: int) -> nn.Sequential:
@@ -33,12 +39,24 @@ class FCOSHead(nn.Module):
                 nn.init.constant_(m.bias, 0.0)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
+    def _towers(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Both towers over all levels, layer by layer: per level the same modules on the same maps as
+        `self.cls_tower(f)`, `self.reg_tower(f)`."""
+        cls, reg = features, features
+        for i in range(0, len(self.cls_tower), 3):
+            (cconv, cnorm, crelu), (rconv, rnorm, rrelu) = self.cls_tower[i:i + 3], self.reg_tower[i:i + 3]
+            if i == 0:   # both read the FPN's maps
+                cls, reg = conv_levels([cconv, rconv], features)
+            else:
+                (cls,), (reg,) = conv_levels([cconv], cls), conv_levels([rconv], reg)
+            cls, reg = [crelu(cnorm(y)) for y in cls], [rrelu(rnorm(y)) for y in reg]
+        return cls, reg
+
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """features: [B, C, H_l, W_l] per level -> cls [B, P, K], box [B, P, 4], ctr [B, P] (P over all levels)."""
+        cls_feats, reg_feats = self._towers(features)
         cls_out, box_out, ctr_out = [], [], []
-        for level, f in enumerate(features):  # 5 levels; the convs dominate, the loop costs nothing
-            c = self.cls_tower(f)
-            r = self.reg_tower(f)
+        for level, (c, r) in enumerate(zip(cls_feats, reg_feats, strict=True)):
             cls_out.append(self.cls_logits(c).flatten(2))
             box = self.box_reg(r)
             box_out.append(torch.relu(box if self.scales is None else box * self.scales[level]).flatten(2))

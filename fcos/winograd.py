@@ -1,28 +1,29 @@
 """Winograd F(4x4, 3x3) convolution for float32 inference on CPU (Lavin & Gray, 2015), chosen per shape by
-timing on this machine.
+timing on this machine; the transforms and the decisions file that training's Winograd
+(fcos/winograd_train.py) shares.
 
 Why our own: PyTorch's CPU convolution asks oneDNN for the direct algorithm (oneDNN's own Winograd exists
 only for AVX512 CPUs); NNPACK's Winograd is reachable only through a private torch op, which failed on this
 machine unless another convolution had run first. Here each 6x6 input tile is transformed by one small
 matmul, the convolution becomes 36 matmuls [tiles, C] x [C, O] (4x fewer multiplications than direct 3x3),
 and a second small matmul maps back to 4x4 output tiles. Outputs differ from direct convolution by float
-rounding (~1e-5 of the output scale against ~2e-6). Training (gradients on) keeps the direct convolution:
-through autograd a batch-4 step gained 1.2x at 20x28-40x56 but lost up to 2x on small and large maps
-(benchmarks/bench_winograd.py).
+rounding (about 5x the direct convolution's, tests/test_winograd.py). With gradients on, `WinogradConv2d`
+is the direct convolution; training's Winograd is fcos/winograd_train.py, a Function with its own backward
+over all FPN levels at once (through plain autograd it lost on small and large maps).
 
-Why timed: whether it wins depends on the CPU far more than on the layer. On a 2-core AVX2 CPU at batch 1 a
-256-channel layer ran 1.4-1.5x faster from 20x28 to 80x112, 512 channels 1.7-2.3x; on an AVX512+AMX Xeon
-the whole model ran 1.35x torchvision's speed with it against 1.11x without; on an AVX512 EPYC it made the
-model slower (0.86x against 0.99x). So `autotune` layers do what cudnn.benchmark does: on the first call
-with a new (batch, C, O, H, W, threads, layout), they time the direct convolution and Winograd on that input
-and take Winograd only when it is at least `MARGIN` faster (a near-tie keeps the direct convolution, the
-reference result). The decisions are shared by every layer of the process and kept in a JSON file per CPU
-model and torch version (`ShapeChoices`: under $FCOS_EXP_CACHE, else ~/.cache/fcos-exp), so that later
-processes on the machine (evaluate, visualize, predict, a second `dvc repro`) make the same choice and give
-the same detections; an unreadable file is ignored, an unwritable folder keeps the decisions in the process.
+Why timed: whether it wins depends on the CPU far more than on the layer (on some CPUs it made the whole
+model faster, on others slower: benchmarks/bench_model.py, bench_winograd.py). So `autotune` layers do what
+cudnn.benchmark does: on the first call with a new (batch, C, O, H, W, threads, layout), they time the direct
+convolution and Winograd on that input and take Winograd only when it is at least `MARGIN` faster (a
+near-tie keeps the direct convolution, the reference result). The decisions are shared by every layer of the
+process and kept in a JSON file per CPU model and torch version (`ShapeChoices`: under $FCOS_EXP_CACHE, else
+~/.cache/fcos-exp), so that later processes on the machine (evaluate, visualize, predict, a second
+`dvc repro`) make the same choice and give the same detections; an unreadable file is ignored, an
+unwritable folder keeps the decisions in the process.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -45,7 +46,23 @@ _AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 
 _M, _A = 4, 6   # output tile, input tile
 TILE_BUDGET = 256   # tiles per chunk: big maps run ~1.3x faster in chunks that stay in cache
 MARGIN = 1.05       # autotune: Winograd only when direct time / Winograd time >= MARGIN
-REPEATS = 3         # autotune: timed calls of each, interleaved, after one warm-up call; the minimum counts
+REPEATS = 5         # autotune: timed calls of each, interleaved, after one warm-up call; the minimum counts
+
+
+@functools.cache
+def transform_matrices(dtype: torch.dtype, device: torch.device, kron: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Input B^T [6, 6], kernel G [6, 3], output A^T [4, 6]; with `kron` their 2-D forms as Kronecker
+    products, one matmul per tile: B^T (x) B^T [36, 36], G (x) G [36, 9], A^T (x) A^T [16, 36] (built in
+    float64, then cast)."""
+    mats = [torch.tensor(m, dtype=torch.float64) for m in (_BT, _G, _AT)]
+    return tuple((torch.kron(t, t) if kron else t).to(dtype=dtype, device=device) for t in mats)
+
+
+def winograd_kernel(weight: Tensor) -> Tensor:
+    """G w G^T of a 3x3 kernel [O, C, 3, 3] -> [36, C, O], as one matmul (differentiable)."""
+    o, c = weight.shape[:2]
+    gg = transform_matrices(weight.dtype, weight.device)[1]
+    return (gg @ weight.permute(2, 3, 1, 0).reshape(9, c * o)).view(_A * _A, c, o)
 
 
 def cpu_info() -> tuple[str, list[str]]:
@@ -111,14 +128,16 @@ def _is_3x3_same(conv: nn.Conv2d) -> bool:
 
 def _min_times(fns, x: Tensor) -> list[float]:
     """The shortest of REPEATS timed calls of each of `fns` on x, after a warm-up call each; interleaved, each
-    round in the other order."""
+    round in the other order. With one thread by the thread's CPU time (what other processes on the machine
+    take from it does not count), else by the wall clock."""
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     times = [float("inf")] * len(fns)
     for r in range(REPEATS + 1):
         for i in range(len(fns))[::1 if r % 2 else -1]:
-            start = time.perf_counter()
+            start = clock()
             fns[i](x)
             if r:
-                times[i] = min(times[i], time.perf_counter() - start)
+                times[i] = min(times[i], clock() - start)
     return times
 
 
@@ -133,9 +152,6 @@ class WinogradConv2d(nn.Conv2d):
                  autotune: bool = False, device=None):
         super().__init__(in_channels, out_channels, 3, padding=1, bias=bias, device=device)
         self.min_pixels, self.autotune = min_pixels, autotune
-        for name, m in (("g", _G), ("bt", _BT), ("at", _AT)):
-            t = torch.tensor(m, dtype=torch.float32, device=self.weight.device)
-            self.register_buffer(name, t if name == "g" else torch.kron(t, t), persistent=False)
         self._kernel_cache: tuple | None = None
 
     @classmethod
@@ -152,8 +168,7 @@ class WinogradConv2d(nn.Conv2d):
         w = self.weight
         key = (w.data_ptr(), w._version, w.device)
         if self._kernel_cache is None or self._kernel_cache[0] != key:
-            u = torch.einsum("ik,ockl,jl->ijco", self.g, w, self.g).reshape(_A * _A, w.shape[1], w.shape[0])
-            self._kernel_cache = (key, u.contiguous())
+            self._kernel_cache = (key, winograd_kernel(w.detach()))
         return self._kernel_cache[1]
 
     def _winograd_wins(self, x: Tensor) -> bool:
@@ -182,6 +197,7 @@ class WinogradConv2d(nn.Conv2d):
         """F(4x4, 3x3) of a float32 CPU input [B, C, H, W], in chunks of at most TILE_BUDGET tiles."""
         b, c, h, w = x.shape
         u = self._kernel()
+        bt, _, at = transform_matrices(x.dtype, x.device)
         th, tw = -(-h // _M), -(-w // _M)   # 4x4 output tiles per column / row
         xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, tw * _M + 1 - w, 1, th * _M + 1 - h))   # [B, 4th+2, 4tw+2, C]
         tiles = xp.unfold(1, _A, _M).unfold(2, _A, _M).flatten(0, 1)            # [B*th, tw, C, 6, 6] view
@@ -189,9 +205,9 @@ class WinogradConv2d(nn.Conv2d):
         out = []
         for r in range(0, b * th, step):
             t = tiles[r:r + step]
-            v = (self.bt @ t.permute(3, 4, 0, 1, 2).reshape(_A * _A, -1)).view(_A * _A, -1, c)
+            v = (bt @ t.permute(3, 4, 0, 1, 2).reshape(_A * _A, -1)).view(_A * _A, -1, c)
             m = torch.bmm(v, u)                                                 # [36, rows*tw, O]
-            y = (self.at @ m.view(_A * _A, -1)).view(_M, _M, t.shape[0], tw, -1)
+            y = (at @ m.view(_A * _A, -1)).view(_M, _M, t.shape[0], tw, -1)
             out.append(y.permute(2, 0, 3, 1, 4))                                # [rows, 4, tw, 4, O]
         y = torch.cat(out).view(b, th * _M, tw * _M, -1)[:, :h, :w]
         y = y + self.bias if self.bias is not None else y.contiguous()
@@ -199,11 +215,12 @@ class WinogradConv2d(nn.Conv2d):
 
 
 def use_winograd(module: nn.Module, min_channels: int = 256, min_pixels: int = 256, autotune: bool = False) -> int:
-    """Make every plain 3x3 stride-1 Conv2d of `module` with at least `min_channels` input and output
-    channels a WinogradConv2d sharing its Parameters, in place (`autotune`: each picks Winograd or direct per
-    input shape by timing). Returns the number replaced."""
-    targets = [(name, m) for name, m in module.named_modules() if name and type(m) is nn.Conv2d
-               and _is_3x3_same(m) and min(m.in_channels, m.out_channels) >= min_channels]
+    """Make every 3x3 stride-1 Conv2d (plain or a winograd_train.WinogradTrainConv2d) of `module` with at
+    least `min_channels` input and output channels a WinogradConv2d sharing its Parameters, in place
+    (`autotune`: each picks Winograd or direct per input shape by timing). Returns the number replaced."""
+    targets = [(name, m) for name, m in module.named_modules() if name and isinstance(m, nn.Conv2d)
+               and not isinstance(m, WinogradConv2d) and _is_3x3_same(m)
+               and min(m.in_channels, m.out_channels) >= min_channels]
     for name, conv in targets:
         parent, _, leaf = name.rpartition(".")
         new = WinogradConv2d.from_conv(conv, min_pixels, autotune)

@@ -18,7 +18,10 @@ def test_overfits_four_images_to_ap50_above_095(tmp_path):
     torch.manual_seed(0)
     model = FCOS(num_classes=6, fpn_channels=64, head_convs=2, min_size=128, max_size=400)
     # 150 steps of the 4 images: 15 epochs over 10 copies of them, so that 15 checkpoints are written, not 150.
-    cfg = TrainConfig(epochs=15, optimizer="adamw", lr=0.002, warmup_epochs=3, seed=0)
+    # Direct NCHW convolutions: one fixed trajectory, not one that depends on this machine's timing (winograd
+    # auto) or layout; any change of rounding moves this 4-image run's AP50 within 0.88-0.96 (over seeds).
+    cfg = TrainConfig(epochs=15, optimizer="adamw", lr=0.002, warmup_epochs=3, seed=0, winograd=False,
+                      channels_last=False)
     fit(model, build_loader(ConcatDataset([train] * 10), 4, shuffle=True, seed=0), cfg,
         checkpoint_path=tmp_path / "ck.pt", classes=train.classes)
     m = evaluate(model, build_loader(plain, 4), gt, plain.cat_ids, backend="pycocotools")
