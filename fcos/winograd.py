@@ -54,8 +54,10 @@ def transform_matrices(dtype: torch.dtype, device: torch.device, kron: bool = Tr
     """Input B^T [6, 6], kernel G [6, 3], output A^T [4, 6]; with `kron` their 2-D forms as Kronecker
     products, one matmul per tile: B^T (x) B^T [36, 36], G (x) G [36, 9], A^T (x) A^T [16, 36] (built in
     float64, then cast)."""
-    mats = [torch.tensor(m, dtype=torch.float64) for m in (_BT, _G, _AT)]
-    return tuple((torch.kron(t, t) if kron else t).to(dtype=dtype, device=device) for t in mats)
+    with torch.inference_mode(False):   # cached for every later call: never an inference tensor, which
+        # autograd refuses once training follows an evaluation in the same process
+        mats = [torch.tensor(m, dtype=torch.float64) for m in (_BT, _G, _AT)]
+        return tuple((torch.kron(t, t) if kron else t).to(dtype=dtype, device=device) for t in mats)
 
 
 def winograd_kernel(weight: Tensor) -> Tensor:

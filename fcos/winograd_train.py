@@ -255,7 +255,10 @@ def conv_levels(convs: Sequence[nn.Conv2d], xs: Sequence[Tensor]) -> list[list[T
     """outs[k][i] = convs[k](xs[i]) for 3x3 convolutions `convs` sharing their inputs `xs` (maps of any sizes,
     the same batch and channels): inside `training` as one Winograd call where it is chosen (see the module
     docstring), else each convolution on each map, exactly as calling them. Winograd's outputs take the
-    inputs' memory format, so that the network around keeps its own."""
+    inputs' memory format, so that the network around keeps its own. Outside `training` the input is not
+    even looked at (torch.export traces this code: a layout test would be a data-dependent branch)."""
+    if _MODE[-1] is False:
+        return _direct(convs, xs)
     channels_last = _is_channels_last(xs[0])
     if _use_winograd(convs, xs, channels_last):
         return winograd_levels(convs, xs, channels_last)
@@ -268,6 +271,8 @@ class WinogradTrainConv2d(nn.Conv2d):
     network around it keeps its own), and outside it is exactly nn.Conv2d."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if _MODE[-1] is False:   # outside `training`: nn.Conv2d itself, nothing about x looked at
+            return super().forward(x)
         channels_last = _is_channels_last(x)
         if _use_winograd([self], [x], channels_last):
             return winograd_levels([self], [x], channels_last)[0][0]

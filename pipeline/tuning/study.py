@@ -148,7 +148,7 @@ class Study:
         fraction = t.train_fraction
         self.display.line(f"study '{self.name}' in {self.shown}: {count(self.study, ('COMPLETE', 'PRUNED'))} of "
                           f"{self.n_trials} trials done; trials train on {fraction:.0%} of the training images and "
-                          f"validate on data/prepared/val.json every epoch ({t['metric']}, pruner {t['pruner']})")
+                          f"validate on data/prepared/val.json every epoch ({t.metric}, pruner {t.pruner})")
         with study_lock(self.url):
             earlier = self.study.user_attrs.get("train_fraction")
             if earlier is not None and earlier != fraction:
@@ -259,7 +259,7 @@ def run_study(params: Params, console, trials: int | None, storage: str | None, 
             parent.status = "KILLED"
         best = best_of(s.study)
         if best is not None:
-            parent.log_metrics({f"best_{t['metric']}": best.value})
+            parent.log_metrics({f"best_{t.metric}": best.value})
             parent.set_tags({f"best.{k}": v for k, v in best.params.items()})
         for path in study_figures(s.study, TUNING_FIGURES / s.name):
             parent.log_artifact(path, "optuna")
