@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 
-from PIL import Image
-
 from ..artifacts import load_dataset, load_trained
-from ..drawing import draw_boxes, per_class_bars, read_steps, side_by_side, training_curves
+from ..drawing import MOSAIC_MAX, draw_boxes, mosaic, per_class_bars, read_steps, side_by_side, training_curves
 from ..eval_analysis import class_thresholds
 from ..paths import DETECTIONS, EVAL_METRICS, STEPS_CSV, TRAINING_FIGURES
 from ..tracking import Tracker, tracking_uri
@@ -21,16 +19,6 @@ def pick_images(records, n: int) -> list[int]:
     chosen = singles[: n // 2]
     chosen += [i for i in crowded if i not in chosen][: n - len(chosen)]
     return chosen
-
-
-def mosaic(images: list[Image.Image], cols: int = 2) -> Image.Image:
-    w = max(im.width for im in images)
-    h = max(im.height for im in images)
-    rows = -(-len(images) // cols)
-    out = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
-    for k, im in enumerate(images):
-        out.paste(im, ((k % cols) * w, (k // cols) * h))
-    return out
 
 
 def run(params: dict, console) -> dict:
@@ -60,7 +48,7 @@ def run(params: dict, console) -> dict:
                           det["scores"][keep].cpu(), min_side=MIN_SIDE)
         panel = side_by_side(gt, pred)
         panel.save(DETECTIONS / f"{r.file.stem}.png")
-        panels.append(panel)
+        panels += [panel][:MOSAIC_MAX - len(panels)]   # only what the mosaic holds stays in memory
     if panels:
         mosaic(panels).save(DETECTIONS / "mosaic.png")
     with Tracker(params, new_run=False) as tracker:
