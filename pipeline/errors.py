@@ -8,3 +8,14 @@ class UserError(Exception):
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
         self.code = code
+
+
+def machine_problem(e: BaseException) -> str | None:
+    """The one line for an error that is the machine's doing though it does not say so: a data loader worker
+    killed (the kernel's out-of-memory killer, a bus error when /dev/shm is full) reaches the training loop as
+    torch's RuntimeError, raised by its SIGCHLD handler wherever the loop happens to be. None otherwise."""
+    text = (str(e).splitlines() or [""])[0]
+    if isinstance(e, RuntimeError) and text.startswith("DataLoader worker (pid"):
+        return (f"{text.rstrip('. ')}: a data loader worker process died (out of memory? lower data.num_workers "
+                "or the batch size)")
+    return None

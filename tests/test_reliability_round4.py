@@ -4,13 +4,14 @@ each reproduced with the real thing (a real dataset, a real kill, a real MLflow 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli, tiny_params
+from conftest import pause_env, run_cli, tiny_params, wait_paused
 from PIL import Image
 
 pytestmark = pytest.mark.timeout(900)   # a hang guard
@@ -156,3 +157,41 @@ def test_a_thousand_worst_images_keep_the_mosaic_viewable(project):
             assert im.height <= -(-MOSAIC_MAX // 2) * panel.height
     said = " ".join(r.stderr.split())
     assert f"the {n} worst images in plots/eval/worst/ (mosaic.png: the first {MOSAIC_MAX})" in said
+
+
+# --- loader workers ----------------------------------------------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    """The process's children (Linux /proc)."""
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+@pytest.mark.slow
+def test_a_killed_loader_worker_is_one_line_and_training_resumes(tmp_path):
+    """The kernel's out-of-memory killer takes a loader worker mid-epoch (here a real SIGKILL): torch's
+    RuntimeError, raised by its SIGCHLD handler, used to be reported as a bug in fcos-exp."""
+    p = tiny_params(train={"epochs": 2}, data={**tiny_params()["data"], "num_workers": 2})
+    p["tracking"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    assert cli(tmp_path, "prepare").returncode == 0
+    env, release = pause_env(tmp_path, 4)                     # 3 steps an epoch: epoch 2's first step
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_paused(proc, release)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        release.touch()
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    lines = [line for line in err.splitlines() if line.strip().startswith("error")]
+    assert proc.returncode == 2 and len(lines) == 1, err
+    assert "a data loader worker process died (out of memory?" in lines[0] and "internal error" not in err
+    import torch
+    assert torch.load(tmp_path / "models/model.pt", weights_only=True)["epoch"] == 1
+    r = cli(tmp_path, "train", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert torch.load(tmp_path / "models/model.pt", weights_only=True)["epoch"] == 2
