@@ -287,3 +287,25 @@ def test_a_full_disk_at_the_best_checkpoint_leaves_no_earlier_best_in_its_place(
     best = torch.load(models / "best.pt", weights_only=True)
     assert best["epoch"] == 1 and same_weights(best["model"], last["model"])   # ties keep epoch 1: this training's
     assert cli(tmp_path, "evaluate").returncode == 0
+
+
+# --- fcos-exp report --out -----------------------------------------------------------------------------------
+
+def test_a_hostile_report_manifest_deletes_nothing_of_the_user(project):
+    """reports/.fcos-exp-report (the files the last report wrote, replaced by the next) naming a file beside the
+    project, an absolute path, a note of the user's in reports/ and a file through a linked folder: the report
+    used to delete every one of them."""
+    (project / "keep.txt").write_text("mine")
+    (project / "photos").mkdir()
+    (project / "photos/x.png").write_text("a photo")
+    reports = project / "reports"
+    reports.mkdir()
+    (reports / "notes.txt").write_text("my notes")
+    (reports / "assets").symlink_to(project / "photos")
+    (reports / ".fcos-exp-report").write_text(json.dumps(
+        ["../keep.txt", str(project / "keep.txt"), "notes.txt", "assets", "assets/x.png", "assets/../../keep.txt",
+         "report.md"]))
+    r = run_cli("report")
+    assert r.exit_code == 0, r.stderr
+    assert (project / "keep.txt").read_text() == "mine" and (project / "photos/x.png").read_text() == "a photo"
+    assert (reports / "notes.txt").read_text() == "my notes" and (reports / "report.html").is_file()

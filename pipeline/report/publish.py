@@ -17,11 +17,21 @@ OWNED = ("report.md", "report.html", "assets")
 
 
 def _written(out: Path) -> set[str]:
+    """The manifest's names that a report can have written: paths under report.md, report.html or assets/,
+    reached without leaving `out` (no "..", no absolute path, no linked folder on the way). A damaged or
+    hostile manifest names nothing else, so publishing never deletes a file beside or outside the report."""
     try:
         names = json.loads((out / MANIFEST).read_text())
-        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
     except (OSError, ValueError):
         return set()
+    return {n for n in names if isinstance(n, str) and _ours(out, n)} if isinstance(names, list) else set()
+
+
+def _ours(out: Path, name: str) -> bool:
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or parts[0] not in OWNED or any(p in ("..", ".") for p in parts):
+        return False
+    return not any((out / Path(*parts[:i])).is_symlink() for i in range(1, len(parts)))
 
 
 def _files(path: Path, root: Path) -> list[str]:
