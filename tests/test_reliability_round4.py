@@ -309,3 +309,66 @@ def test_a_hostile_report_manifest_deletes_nothing_of_the_user(project):
     assert r.exit_code == 0, r.stderr
     assert (project / "keep.txt").read_text() == "mine" and (project / "photos/x.png").read_text() == "a photo"
     assert (reports / "notes.txt").read_text() == "my notes" and (reports / "report.html").is_file()
+
+
+# --- fcos-exp sync -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_a_sync_stopped_midway_and_run_again_doubles_no_run_and_no_table(tmp_path, sig):
+    """A long offline queue (a run created offline, its table, 1500 metric sends) and `fcos-exp sync` stopped
+    (SIGKILL, Ctrl-C) once it has created the run: sync used to keep the queue whole, so the next one created
+    a second run, gave it the data, left models/mlflow_run.json on the first, empty one, and appended the
+    table's rows again (MLflow's log_table appends)."""
+    import mlflow
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    models = tmp_path / "models"
+    models.mkdir()
+    pending = "pending-0123"
+    records = [{"run": pending, "op": "create", "payload": {"experiment": "sync", "run_name": "offline"}, "uri": uri},
+               {"run": pending, "op": "table", "payload": {"data": {"a": [1, 2]}, "name": "t.json"}, "uri": uri}]
+    records += [{"run": pending, "op": "metrics", "payload": [["m", float(s), s, 1000 + s]], "uri": uri}
+                for s in range(1500)]
+    (models / "mlflow_pending.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (models / "mlflow_run.json").write_text(json.dumps({"run_id": pending, "tracking_uri": uri}))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sync"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        import time
+        while json.loads((models / "mlflow_run.json").read_text())["run_id"] == pending:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert (models / "mlflow_pending.jsonl").exists()           # stopped before the end (1500 sends)
+    r = cli(tmp_path, "sync", env=env)
+    assert r.returncode == 0, r.stderr
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("sync").experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    run = runs[0].info.run_id
+    assert json.loads((models / "mlflow_run.json").read_text())["run_id"] == run
+    assert sorted(m.step for m in client.get_metric_history(run, "m")) == list(range(1500))
+    table = json.loads(Path(client.download_artifacts(run, "t.json", str(tmp_path / "dl"))).read_text())
+    assert len(table["data"]) == 2, table
+
+
+@pytest.mark.slow
+def test_evaluating_into_a_run_again_replaces_its_tables(project, tracking_uri):
+    """evaluate run twice into the run of the last train (a changed decode.score_thresh re-runs it): MLflow's
+    log_table appended the second evaluation's rows to the first's."""
+    import mlflow
+    for stage in ("prepare", "train", "evaluate", "evaluate"):
+        r = run_cli(stage)
+        assert r.exit_code == 0, r.stderr
+    client = mlflow.MlflowClient(tracking_uri)
+    run = json.loads((project / "models/mlflow_run.json").read_text())["run_id"]
+    for name, rows in (("eval/per_class_ap.json", 6), ("eval/map_table.json", 12)):
+        table = json.loads(Path(client.download_artifacts(run, name, str(project / "dl"))).read_text())
+        assert len(table["data"]) == rows and len(table["columns"]) in (2, 3), table
+    listed = json.loads(client.get_run(run).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "eval/per_class_ap.json", "type": "table"} in listed and len(listed) == 2

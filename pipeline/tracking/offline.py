@@ -1,5 +1,6 @@
 """The offline queue: tracking operations kept in models/mlflow_pending.jsonl while MLflow is unreachable,
-each with the store it was meant for, and `fcos-exp sync`, which replays them in order."""
+each with the store it was meant for, and `fcos-exp sync`, which replays them in order. A sync stopped at any
+point (Ctrl-C, SIGKILL) and run again creates no run twice and sends no model again."""
 from __future__ import annotations
 
 import json
@@ -50,7 +51,8 @@ def _read(path: Path) -> list[dict]:
 
 
 def _named(rec: dict, ids: dict[str, str]) -> dict:
-    return {**rec, "run": ids.get(rec["run"], rec["run"])}
+    """rec with its run's real id; a "create" keeps its pending id, by which `_create_once` finds its run."""
+    return rec if rec["op"] == "create" else {**rec, "run": ids.get(rec["run"], rec["run"])}
 
 
 def _refused(e: Exception) -> bool:
@@ -78,8 +80,7 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int]:
         try:
             c = clients.get(uri) or clients.setdefault(uri, client(uri))
             if rec["op"] == "create":
-                tags = {k: ids.get(v, v) for k, v in (rec["payload"].get("tags") or {}).items()}
-                ids[rec["run"]] = create_run(c, {**rec["payload"], "tags": tags})
+                ids[rec["run"]] = _create_once(c, rec, ids)
                 if (last_run() or ("",))[0] == rec["run"]:
                     write_run_file(ids[rec["run"]], uri)   # evaluate and visualize then log into the real run
             elif run.startswith("pending-") or run in gone or not run_exists(c, run):
@@ -89,16 +90,44 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int]:
             else:
                 apply(c, run, rec["op"], rec["payload"])
             sent += 1
+            if rec["op"] in NOT_IDEMPOTENT:
+                _keep(path, records[n + 1:], ids)
         except Exception as e:
             if _refused(e):
                 sys.stderr.write(f"warning: MLflow refused a kept {rec['op']} operation of run {run} and it was "
                                  f"dropped: {str(e).splitlines()[0][:200]}\n")
                 dropped += 1
                 continue
-            with atomic_write(path) as f:
-                f.write("".join(json.dumps(_named(r, ids)) + "\n" for r in records[n:]))   # what is left, real ids
+            _keep(path, records[n:], ids)
             first = str(e).splitlines()[0][:150] if str(e) else ""
             raise UserError(f"{uri}: MLflow unreachable or refused the data ({type(e).__name__}: {first}); "
                             f"{len(records) - n} operations kept in {path}") from None
+        except BaseException:   # Ctrl-C, SIGTERM: what was sent is not sent again by the next sync
+            _keep(path, records[n:], ids)
+            raise
     path.unlink()
     return sent, ids, dropped
+
+
+# Sent twice, a model would be another LoggedModel (metrics, params, tags, tables and artifacts land on the same
+# values or files again): the queue is rewritten after each, so a sync killed afterwards does not send it again.
+NOT_IDEMPOTENT = ("model",)
+OFFLINE_ID_TAG = "fcos_offline_id"   # the pending id a run created by sync was kept under
+
+
+def _create_once(c, rec: dict, ids: dict[str, str]) -> str:
+    """The run of a kept "create": the one an earlier, interrupted sync made for it (found by its tag), else a
+    new one; so a sync killed at any point never creates a run twice."""
+    from .store import experiment_id
+    exp_id = experiment_id(c, rec["payload"]["experiment"])
+    found = c.search_runs([exp_id], f"tags.{OFFLINE_ID_TAG} = '{rec['run']}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {k: ids.get(v, v) for k, v in (rec["payload"].get("tags") or {}).items()}
+    return create_run(c, {**rec["payload"], "tags": {**tags, OFFLINE_ID_TAG: rec["run"]}})
+
+
+def _keep(path: Path, left: list[dict], ids: dict[str, str]) -> None:
+    """The queue rewritten to what is left, with the real ids of the runs created so far."""
+    with atomic_write(path) as f:
+        f.write("".join(json.dumps(_named(r, ids)) + "\n" for r in left))
