@@ -77,8 +77,11 @@ def _cpu_has_bf16() -> bool:
 @functools.cache
 def resolve_amp(amp: str, device: torch.device) -> str:
     """`amp` as it runs on `device`: "auto" is bf16 where the device computes it natively (a CUDA GPU with
-    bf16, a CPU with AVX512-BF16 or AMX), fp16 on other CUDA GPUs (with the GradScaler), else none; any other
-    value as given."""
+    bf16, a CPU with AVX512-BF16 or AMX), fp16 on other CUDA GPUs (with the GradScaler), else none; fp16
+    elsewhere than on CUDA runs float32 (autocast_for leaves it off, so a CUDA config runs anywhere): none;
+    any other value as given."""
+    if amp == "fp16" and device.type != "cuda":
+        return "none"
     if amp != "auto":
         return amp
     if device.type == "cuda":

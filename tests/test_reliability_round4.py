@@ -159,6 +159,18 @@ def test_a_thousand_worst_images_keep_the_mosaic_viewable(project):
     assert f"the {n} worst images in plots/eval/worst/ (mosaic.png: the first {MOSAIC_MAX})" in said
 
 
+def test_fp16_inference_on_the_cpu_says_it_ran_float32(coco_project):
+    """eval.amp fp16 on the CPU: autocast stays off there (a CUDA config runs anywhere), yet evaluate printed
+    "amp fp16" for a float32 run."""
+    project = coco_project({"x.jpg": (60, 50)}, [("x.jpg", 5, 5, 20, 20, 1)],
+                           eval={**tiny_params()["eval"], "amp": "fp16", "device": "cpu"})
+    r = run_cli("evaluate")
+    assert r.exit_code == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert "amp none)" in said and "amp fp16" not in said
+    assert (project / "metrics/eval.json").is_file()
+
+
 # --- loader workers ----------------------------------------------------------------------------------------
 
 def children(pid: int) -> list[int]:
