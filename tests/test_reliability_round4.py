@@ -171,6 +171,23 @@ def test_fp16_inference_on_the_cpu_says_it_ran_float32(coco_project):
     assert (project / "metrics/eval.json").is_file()
 
 
+# --- params.yaml -------------------------------------------------------------------------------------------
+
+def test_yaml_merge_keys_are_read_and_a_key_given_twice_still_refused(project):
+    """`<<: *anchor` (YAML's merge key, which yaml.safe_load and DVC read) was refused as "not valid YAML" by
+    the check for keys given twice; explicit keys override merged ones, as YAML says."""
+    (project / "over.yaml").write_text("base: params.yaml\neval:\n  <<: {batch_size: 2, worst_images: 3}\n"
+                                       "  worst_images: 5\n")
+    r = run_cli("sync", "--params", "over.yaml")
+    assert r.exit_code == 0 and "nothing to sync" in r.stderr, r.stderr
+    from pipeline.params import load_params
+    p = load_params(project / "over.yaml")
+    assert p["eval"]["batch_size"] == 2 and p["eval"]["worst_images"] == 5
+    (project / "twice.yaml").write_text("base: params.yaml\neval:\n  <<: {batch_size: 2}\n  worst_images: 3\n"
+                                        "  worst_images: 5\n")
+    one_line(run_cli("sync", "--params", "twice.yaml"), "twice.yaml: not valid YAML (key 'worst_images' given twice")
+
+
 # --- loader workers ----------------------------------------------------------------------------------------
 
 def children(pid: int) -> list[int]:
