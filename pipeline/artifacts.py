@@ -2,9 +2,11 @@
 what an earlier stage wrote (the prepared datasets, the trained model). Stages import this, never each other."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,23 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2))
+
+
+def open_append(path: Path):
+    """`path` opened for appending text (created if absent); a pipe, device or folder there is refused
+    (UserError) at once, where a plain open() of a pipe waits for a reader forever."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno == errno.EISDIR:
+            raise UserError(f"{path}: is a folder, not a file") from None
+        if e.errno == errno.ENXIO:   # a pipe without a reader
+            raise UserError(f"{path}: not a regular file (a pipe, device or socket)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path}: not a regular file (a pipe, device or socket)")
+    return os.fdopen(fd, "a")
 
 
 @contextmanager

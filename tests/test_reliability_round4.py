@@ -188,6 +188,43 @@ def test_yaml_merge_keys_are_read_and_a_key_given_twice_still_refused(project):
     one_line(run_cli("sync", "--params", "twice.yaml"), "twice.yaml: not valid YAML (key 'worst_images' given twice")
 
 
+# --- tracking files that are pipes -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["mlflow.db.lock", "mlflow.db"])
+def test_a_pipe_at_the_store_or_its_lock_is_one_line_not_a_hang(tmp_path, name):
+    """A FIFO where the sqlite store or its creation lock goes: open() of the lock waited for a reader
+    forever, and sqlite on the store retried for minutes."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    os.mkfifo(tmp_path / name)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}   # the project's own store
+    r = subprocess.run([sys.executable, "-m", "pipeline", "report"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: {tmp_path / name}: not a regular file (a pipe, device")
+
+
+@pytest.mark.parametrize("name", ["mlflow_run.json", "mlflow_pending.jsonl"])
+def test_a_pipe_at_the_run_file_or_the_offline_queue_is_one_line_not_a_hang(coco_project, name):
+    """A FIFO at models/mlflow_run.json (read by evaluate) or at the offline queue (appended to while MLflow is
+    unreachable): reading or appending waited for the other end forever."""
+    project = coco_project({"x.jpg": (60, 50)}, [("x.jpg", 5, 5, 20, 20, 1)])
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    p["tracking"]["enabled"] = True
+    (project / "params.yaml").write_text(yaml.safe_dump(p))
+    os.mkfifo(project / "models" / name)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}                  # nothing listens on port 9: offline
+    if name == "mlflow_pending.jsonl":
+        (project / "models/mlflow_run.json").write_text(json.dumps({"run_id": "pending-1", "tracking_uri":
+                                                                    env["MLFLOW_TRACKING_URI"]}))
+    r = subprocess.run([sys.executable, "-m", "pipeline", "evaluate"], cwd=project, env=env, capture_output=True,
+                       text=True, timeout=300)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: models/{name}: not a regular file (a pipe, device")
+
+
 # --- loader workers ----------------------------------------------------------------------------------------
 
 def children(pid: int) -> list[int]:

@@ -18,8 +18,9 @@ from .store import client, tracking_uri
 
 
 def append_pending(run_id: str, op: str, payload, uri: str) -> None:
+    from ..artifacts import open_append
     PENDING_FILE.parent.mkdir(parents=True, exist_ok=True)
-    with open(PENDING_FILE, "a") as f:
+    with open_append(PENDING_FILE) as f:
         f.write(json.dumps({"run": run_id, "op": op, "payload": payload, "uri": uri}) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -68,6 +69,8 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int]:
     named on stderr). Returns (sent, {pending id: real id}, dropped); the file is removed once all are sent.
     UserError when a store cannot be reached."""
     path = Path(path or PENDING_FILE)
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path}: not a regular file (a pipe, device, socket or folder)")
     if not path.is_file():
         return 0, {}, 0
     records = _read(path)
