@@ -138,9 +138,14 @@ def load_trained(params: dict, path: Path | None = None, device=None) -> Trained
     best = ckpt.get("best") or {}
     if path.resolve() == BEST_MODEL.resolve():
         if best.get("epoch") is None:
-            raise UserError(f"{path}: training recorded no validation {best.get('metric', 'value')}, so it holds the "
-                            "last epoch, not a best one: set train.eval_every > 0 (validation) and train again, or "
-                            "set eval.checkpoint: last")
+            metric = best.get("metric", "value")
+            every = (ckpt.get("train_config") or {}).get("eval_every") or 0
+            validated = every and (ckpt.get("epoch") or 0) >= every   # validation ran, but gave no value
+            fix = (f"validation gave no {metric} value (the validation split holds no object it measures): choose "
+                   "another train.best_metric and train again" if validated else
+                   "set train.eval_every > 0 (validation) and train again")
+            raise UserError(f"{path}: training recorded no validation {metric}, so it holds the last epoch, not a "
+                            f"best one: {fix}, or set eval.checkpoint: last")
         _check_best_of_last(path, ckpt)
     model = model_from_checkpoint(ckpt, device)
     model.set_decoding(**params["decode"])

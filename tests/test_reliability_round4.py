@@ -438,3 +438,19 @@ def test_evaluating_into_a_run_again_replaces_its_tables(project, tracking_uri):
         assert len(table["data"]) == rows and len(table["columns"]) in (2, 3), table
     listed = json.loads(client.get_run(run).data.tags["mlflow.loggedArtifacts"])
     assert {"path": "eval/per_class_ap.json", "type": "table"} in listed and len(listed) == 2
+
+
+@pytest.mark.slow
+def test_a_best_metric_validation_never_measures_gets_the_right_advice(tmp_path):
+    """train.best_metric APl on 96-px images (no large object in the validation split): every validation gives
+    None, patience stops training, and evaluate with eval.checkpoint best advised to "set train.eval_every > 0",
+    which was set."""
+    train_params(tmp_path, epochs=3, best_metric="APl", patience=1)
+    assert cli(tmp_path, "prepare").returncode == 0
+    r = cli(tmp_path, "train")
+    assert r.returncode == 0 and "no validation gave a APl value" in " ".join(r.stderr.split()), r.stderr
+    r = cli(tmp_path, "evaluate")
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "validation gave no APl value" in lines[0] and "another train.best_metric" in lines[0]
+    assert "set train.eval_every > 0" not in lines[0]
