@@ -53,13 +53,20 @@ def replaced_folder(path: Path) -> Iterator[Path]:
     """A new folder beside `path` to write into; once the block ends without error it takes `path`'s place
     (two renames), else it is removed and `path` stays as it was. Readers never see a half-written mix of
     old and new files, only the old folder, the new one or (between the renames) none. Folders left by a
-    killed process (`.<name>-<pid>-...` of a dead pid) are removed first."""
+    killed process (`.<name>-<pid>-...` of a dead pid) are removed first. A `path` that is a link (the data
+    kept on another disk) stays one: the folder it points to is replaced. The new folder gets the permissions
+    a plain mkdir would (the umask's), not a temp folder's private ones."""
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     for old in path.parent.glob(f".{path.name}-*"):
         pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     new = Path(tempfile.mkdtemp(prefix=f".{path.name}-{os.getpid()}-new-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(new, 0o777 & ~umask)
     try:
         yield new
     except BaseException:

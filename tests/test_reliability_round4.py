@@ -225,6 +225,30 @@ def test_a_pipe_at_the_run_file_or_the_offline_queue_is_one_line_not_a_hang(coco
     assert lines[0].startswith(f"error: models/{name}: not a regular file (a pipe, device")
 
 
+# --- fcos-exp prepare's swap -------------------------------------------------------------------------------
+
+def test_prepare_keeps_a_linked_prepared_folder_linked_and_readable(tmp_path):
+    """data/prepared a link to another disk: prepare's swap replaced the link with a local folder (the data
+    left the disk it was put on), left the link behind as data/.prepared-<pid>-old-* for ever (rmtree refuses
+    links), and the new folder kept mkdtemp's private mode 0700."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    other = tmp_path / "other-disk"
+    other.mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/prepared").symlink_to(other / "prepared")
+    old = os.umask(0o022)
+    try:
+        for _ in range(2):                                   # the second swaps over the first
+            r = cli(tmp_path, "prepare")
+            assert r.returncode == 0, r.stderr
+    finally:
+        os.umask(old)
+    assert (tmp_path / "data/prepared").is_symlink() and (other / "prepared/test.json").is_file()
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["prepared"]
+    assert not [p for p in other.iterdir() if p.name != "prepared"]
+    assert (other / "prepared").stat().st_mode & 0o777 == 0o755
+
+
 # --- loader workers ----------------------------------------------------------------------------------------
 
 def children(pid: int) -> list[int]:
