@@ -15,6 +15,13 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (0, 0, 128), (128, 128, 128)]
 
 
+def save_image(image: Image.Image, path: Path) -> None:
+    """image written atomically in its extension's format: a full disk leaves no half image and names the file."""
+    from fcos.files import atomic_write
+    with atomic_write(path, "wb") as f:
+        image.save(f, format=Image.registered_extensions().get(path.suffix.lower()))
+
+
 def figure_scale(size: tuple[int, int], min_side: int) -> float:
     """The factor an image of `size` (w, h) is drawn at in a figure: a whole one enlarging its short side to
     `min_side` pixels (so that labels do not hide it), but never past MAX_SIDE on its long side, where a

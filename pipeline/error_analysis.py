@@ -170,7 +170,7 @@ def _draw_worst(r, gt: dict, dets: np.ndarray, records: list, worst: list[dict])
         return
     from fcos.data import load_image
 
-    from .drawing import mosaic
+    from .drawing import mosaic, save_image
     from .figures_errors import worst_image
     names = {c["id"]: c["name"] for c in gt["categories"]}
     by_id = {rec.image_id: rec for rec in records}
@@ -195,9 +195,9 @@ def _draw_worst(r, gt: dict, dets: np.ndarray, records: list, worst: list[dict])
         caption = (f"#{w['rank']} image {image_id} ({w['file']}): about {w['AP50_lost']:.4f} AP50 lost\n"
                    f"errors: {counts}")
         panel = worst_image(load_image(by_id[image_id].file), truth, found, caption)
-        panel.save(WORST_IMAGES / f"{w['rank']:02d}_{Path(w['file'] or str(image_id)).stem}.png")
+        save_image(panel, WORST_IMAGES / f"{w['rank']:02d}_{Path(w['file'] or str(image_id)).stem}.png")
         panels += [panel][:MOSAIC_MAX - len(panels)]   # only what the mosaic holds stays in memory
-    mosaic(panels).save(WORST_IMAGES / "mosaic.png")
+    save_image(mosaic(panels), WORST_IMAGES / "mosaic.png")
 
 
 def _xyxy(b) -> tuple[float, float, float, float]:

@@ -249,6 +249,39 @@ def test_prepare_keeps_a_linked_prepared_folder_linked_and_readable(tmp_path):
     assert (other / "prepared").stat().st_mode & 0o777 == 0o755
 
 
+# --- a full disk names the file ----------------------------------------------------------------------------
+
+def tmpfs(folder: Path, size: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+
+@pytest.mark.parametrize("folder, size", [("metrics", "4k"), ("plots", "16k")])
+def test_a_full_disk_under_evaluate_names_the_file(coco_project, folder, size):
+    """A real full filesystem on metrics/ or plots/: evaluate said only "[Errno 28] No space left on device"
+    (a failed write names no file), and a figure was left half written."""
+    project = coco_project({"x.jpg": (60, 50)}, [("x.jpg", 5, 5, 20, 20, 1)])
+    tmpfs(project / folder, size)
+    try:
+        line = one_line(run_cli("evaluate"), ": No space left on device")
+        assert line.startswith(f"error: {folder}/") and line.split(": ")[1].endswith((".json", ".png", ".csv"))
+        assert not [p for p in (project / folder).rglob("*") if p.is_file() and p.suffix in (".png", ".json")
+                    and p.stat().st_size == 0]
+    finally:
+        subprocess.run(["umount", str(project / folder)])
+
+
+def test_a_full_disk_under_the_report_names_its_folder(project):
+    tmpfs(project / "out", "4k")
+    try:
+        one_line(run_cli("report", "--out", "out/report"), "error: out/report: No space left on device")
+        assert not list((project / "out").iterdir())              # nothing half written, no staging folder
+    finally:
+        subprocess.run(["umount", str(project / "out")])
+
+
 # --- loader workers ----------------------------------------------------------------------------------------
 
 def children(pid: int) -> list[int]:

@@ -59,6 +59,10 @@ def staging(out: Path) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield stage
+    except OSError as e:   # a failed write (a full disk) names no file, or a staging one: the report's folder
+        if e.filename is None or str(e.filename).startswith(str(stage)):
+            raise OSError(e.errno, f"{e.strerror} (writing the report)", str(out)) from None
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 import json
 
 from ..artifacts import load_dataset, load_trained
-from ..drawing import MOSAIC_MAX, draw_boxes, mosaic, per_class_bars, read_steps, side_by_side, training_curves
+from ..drawing import (
+    MOSAIC_MAX,
+    draw_boxes,
+    mosaic,
+    per_class_bars,
+    read_steps,
+    save_image,
+    side_by_side,
+    training_curves,
+)
 from ..eval_analysis import class_thresholds
 from ..paths import DETECTIONS, EVAL_METRICS, STEPS_CSV, TRAINING_FIGURES
 from ..tracking import Tracker, tracking_uri
@@ -47,10 +56,10 @@ def run(params: dict, console) -> dict:
         pred = draw_boxes(image, det["boxes"][keep].cpu(), det["labels"][keep].cpu(), classes,
                           det["scores"][keep].cpu(), min_side=MIN_SIDE)
         panel = side_by_side(gt, pred)
-        panel.save(DETECTIONS / f"{r.file.stem}.png")
+        save_image(panel, DETECTIONS / f"{r.file.stem}.png")
         panels += [panel][:MOSAIC_MAX - len(panels)]   # only what the mosaic holds stays in memory
     if panels:
-        mosaic(panels).save(DETECTIONS / "mosaic.png")
+        save_image(mosaic(panels), DETECTIONS / "mosaic.png")
     with Tracker(params, new_run=False) as tracker:
         tracker.log_artifact(TRAINING_FIGURES, "figures")
         tracker.log_artifact(DETECTIONS, "detections")
