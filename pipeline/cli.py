@@ -173,12 +173,12 @@ def sync(params: ParamsOpt = PARAMS):
     """Send tracking data kept in models/mlflow_pending.jsonl while the MLflow server was unreachable."""
     with _user_errors():
         _setup(params)
-        from .tracking import sync_pending, tracking_uri
-        sent, ids, dropped = sync_pending()
+        from .tracking import sync_pending
+        sent, ids, dropped, stores = sync_pending()
         if not sent and not dropped:
             typer.echo(f"nothing to sync ({PENDING_FILE} is absent)", err=True)
         else:
-            typer.echo(f"sent {sent} tracking operations to {tracking_uri()}"
+            typer.echo(f"sent {sent} tracking operations to {', '.join(stores)}"
                        + (f"; new runs: {', '.join(ids.values())}" if ids else "")
                        + (f"; dropped {dropped} of runs that no longer exist" if dropped else ""), err=True)
 

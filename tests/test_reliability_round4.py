@@ -511,3 +511,22 @@ def test_a_best_metric_validation_never_measures_gets_the_right_advice(tmp_path)
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "validation gave no APl value" in lines[0] and "another train.best_metric" in lines[0]
     assert "set train.eval_every > 0" not in lines[0]
+
+
+def test_a_queue_kept_for_a_store_that_is_gone_is_not_sent_out_of_sight(project, tracking_uri):
+    """Operations kept for a sqlite store whose folder is gone (the project moved): sync made the folder and a
+    fresh store again there, sent everything into it, and said it had sent to the current store."""
+    gone = project / "old-place" / "mlflow.db"
+    records = [{"run": "pending-1", "op": "create", "payload": {"experiment": "moved", "run_name": "offline"},
+                "uri": f"sqlite:///{gone}"},
+               {"run": "pending-1", "op": "metrics", "payload": [["m", 1.0, 0, 0]], "uri": f"sqlite:///{gone}"}]
+    queue = project / "models/mlflow_pending.jsonl"
+    queue.parent.mkdir()
+    queue.write_text("".join(json.dumps(r) + "\n" for r in records))
+    line = one_line(run_cli("sync"), f"error: {gone}: the MLflow store 2 operations in models/mlflow_pending.jsonl "
+                                     "were kept for is gone")
+    assert "set their \"uri\"" in line and not gone.parent.exists()
+    assert [json.loads(x) for x in queue.read_text().splitlines()] == records
+    queue.write_text("".join(json.dumps({**r, "uri": tracking_uri}) + "\n" for r in records))   # retargeted
+    r = run_cli("sync")
+    assert r.exit_code == 0 and f"sent 2 tracking operations to {tracking_uri}" in " ".join(r.stderr.split())

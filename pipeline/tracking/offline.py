@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..paths import PENDING_FILE
 from .ops import apply, create_run, run_exists
 from .runfile import last_run, write_run_file
-from .store import client, tracking_uri
+from .store import client, sqlite_path, tracking_uri
 
 
 def append_pending(run_id: str, op: str, payload, uri: str) -> None:
@@ -66,13 +66,14 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int]:
     A run created offline gets its real id at once, in models/mlflow_run.json too and in what is left when a
     send fails (so a later sync goes on from there). Operations of a run that no longer exists are dropped
     and counted, as are operations MLflow refuses as invalid (they would fail every time; the first is
-    named on stderr). Returns (sent, {pending id: real id}, dropped); the file is removed once all are sent.
-    UserError when a store cannot be reached."""
+    named on stderr). Returns (sent, {pending id: real id}, dropped, the stores sent to); the file is removed
+    once all are sent. UserError when a store cannot be reached, or is a sqlite file whose folder is gone (a
+    moved project: the store is not made again there, out of sight)."""
     path = Path(path or PENDING_FILE)
     if path.exists() and not path.is_file():
         raise UserError(f"{path}: not a regular file (a pipe, device, socket or folder)")
     if not path.is_file():
-        return 0, {}, 0
+        return 0, {}, 0, []
     records = _read(path)
     clients: dict[str, object] = {}
     ids: dict[str, str] = {}
@@ -80,6 +81,12 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int]:
     sent = dropped = 0
     for n, rec in enumerate(records):
         run, uri = ids.get(rec["run"], rec["run"]), rec.get("uri") or tracking_uri()
+        db = sqlite_path(uri) if isinstance(uri, str) else None
+        if db is not None and not db.parent.is_dir():
+            _keep(path, records[n:], ids)
+            raise UserError(f"{db}: the MLflow store {len(records) - n} operations in {path} were kept for is gone "
+                            f"(no folder {db.parent}); set their \"uri\" to where it is now and run `fcos-exp sync` "
+                            "again")
         try:
             c = clients.get(uri) or clients.setdefault(uri, client(uri))
             if rec["op"] == "create":
@@ -109,7 +116,7 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int]:
             _keep(path, records[n:], ids)
             raise
     path.unlink()
-    return sent, ids, dropped
+    return sent, ids, dropped, list(clients)
 
 
 # Sent twice, a model would be another LoggedModel (metrics, params, tags, tables and artifacts land on the same
