@@ -320,6 +320,25 @@ def test_a_killed_loader_worker_is_one_line_and_training_resumes(tmp_path):
     assert torch.load(tmp_path / "models/model.pt", weights_only=True)["epoch"] == 2
 
 
+def test_a_full_dev_shm_under_loader_workers_is_one_line(tmp_path):
+    """Loader workers hand batches over in /dev/shm; a container's is 64 MB by default. Here a real full one
+    (a 256 KB tmpfs on /dev/shm in a mount namespace of this command only): torch's RuntimeError from the
+    worker was reported as a bug in fcos-exp."""
+    p = tiny_params(data={**tiny_params()["data"], "num_workers": 2})
+    p["tracking"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    assert cli(tmp_path, "prepare").returncode == 0
+    script = f"mount -t tmpfs -o size=256k tmpfs /dev/shm && exec {sys.executable} -m pipeline train"
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode and "pipeline" not in r.stderr and "error" not in r.stderr:
+        pytest.skip(f"no private mount namespace here ({r.stderr.strip()[:100]})")
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "No space left on device" in lines[0] and "/dev/shm, where loader workers hand over batches, is full" \
+        in lines[0] and "internal error" not in lines[0]
+
+
 # --- the best checkpoint -----------------------------------------------------------------------------------
 
 def weights(path):
