@@ -453,6 +453,23 @@ def test_a_hostile_report_manifest_deletes_nothing_of_the_user(project):
     assert (reports / "notes.txt").read_text() == "my notes" and (reports / "report.html").is_file()
 
 
+def test_a_report_folder_on_another_disk_is_written(project):
+    """reports/ a link to a folder on another filesystem (a real tmpfs): the report, built beside it, moved in
+    by renaming and failed with "Invalid cross-device link"."""
+    tmpfs(project / "elsewhere", "10m")
+    try:
+        (project / "reports").symlink_to(project / "elsewhere")
+        for _ in range(2):                                   # the second replaces the first's files
+            r = run_cli("report")
+            assert r.exit_code == 0, r.stderr
+        assert (project / "elsewhere/report.html").is_file() and (project / "elsewhere/report.md").is_file()
+        assert sorted(p.name for p in (project / "elsewhere").iterdir()) == [".fcos-exp-report", "report.html",
+                                                                            "report.md"]
+        assert not [p for p in project.iterdir() if p.name.startswith(".reports-")]
+    finally:
+        subprocess.run(["umount", str(project / "elsewhere")])
+
+
 # --- fcos-exp sync -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow

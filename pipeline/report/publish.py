@@ -2,6 +2,7 @@
 `fcos-exp report` did not write (listed in `--out`/.fcos-exp-report) are never replaced or deleted."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -9,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from fcos.files import atomic_write
 
 from ..errors import UserError
 
@@ -81,5 +84,18 @@ def publish(stage: Path, out: Path) -> None:
     new = [f for name in OWNED for f in _files(stage / name, stage)]
     for name in new:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(stage / name, out / name)
+        _move(stage / name, out / name)
     (out / MANIFEST).write_text(json.dumps(new, indent=0))
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename src to dst; where dst is on another filesystem (--out links to, or is, another disk's folder),
+    copy it to a temp file there and rename that, so dst is never seen half written."""
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        with open(src, "rb") as f, atomic_write(dst, "wb") as g:
+            shutil.copyfileobj(f, g)
+        src.unlink()
