@@ -13,7 +13,7 @@ from .errors import InputError
 from .head import FCOSHead
 from .loss import FCOSLoss
 from .points import make_points
-from .postprocess import PostProcess
+from .postprocess import PostProcess, split_by_image
 from .transform import Transform
 
 
@@ -104,13 +104,21 @@ class FCOS(nn.Module):
             raise InputError("training mode needs targets; call model.eval() for detections")
         _check_inputs(images, targets if self.training else None, self.config.num_classes)
         batch, sizes, orig, targets = self.transform(images, targets if self.training else None)
+        cls, box, ctr, points, strides, levels, level_sizes = self.dense_outputs(batch)
+        if self.training:
+            return self.criterion(cls, box, ctr, points, strides, levels, targets)
+        boxes, scores, labels, img = self.postprocess.detections(cls, box, ctr, points, strides, level_sizes, sizes)
+        boxes = self.transform.to_input_pixels(boxes, img, sizes, orig)
+        return split_by_image({"boxes": boxes, "scores": scores, "labels": labels}, img, len(images))
+
+    def dense_outputs(self, batch: Tensor):
+        """batch [B, 3, H, W] (the transform's) -> head outputs cls [B, P, K], box [B, P, 4], ctr [B, P], points
+        [P, 2], point strides [P], levels [P] and points per level: what training and decoding (here and in
+        the exported graph, fcos/export.py) start from."""
         features = self.backbone(batch)
         cls, box, ctr = self.head(features)
         level_shapes = [tuple(f.shape[-2:]) for f in features]
         cfg = self.config
         padded = tuple(batch.shape[-2:]) if cfg.point_spacing == "padded" else None
         points, strides, levels = make_points(level_shapes, cfg.strides, batch.device, cfg.point_offset, padded)
-        if self.training:
-            return self.criterion(cls, box, ctr, points, strides, levels, targets)
-        dets = self.postprocess(cls, box, ctr, points, strides, [h * w for h, w in level_shapes], sizes)
-        return self.transform.postprocess(dets, sizes, orig)
+        return cls, box, ctr, points, strides, levels, [h * w for h, w in level_shapes]

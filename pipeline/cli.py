@@ -38,6 +38,8 @@ def _user_errors(interrupted: str = "interrupted"):
         for line in message.splitlines():
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(getattr(e, "code", 2) if isinstance(e, UserError) else 2) from None
+    except typer.Exit:   # a command's own exit code
+        raise
     except Exception as e:
         if os.environ.get("FCOS_EXP_DEBUG"):
             raise
@@ -188,17 +190,45 @@ def tune(trials: Annotated[Optional[int], typer.Option(min=1, help="Trials of th
                                                        )] = None,
          storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file or an RDB URL.")] = None,
          study_name: Annotated[Optional[str], typer.Option(help="Study name (default tune.study_name).")] = None,
+         workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine, sharing the study "
+                                                          "and the cores.")] = 1,
+         threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: the cores "
+                                                                    "divided by --workers; 1 worker: torch's own).")
+                            ] = None,
          apply: Annotated[bool, typer.Option("--apply", help="Write the best params found into --params.")] = False,
+         worker_of: Annotated[Optional[str], typer.Option(hidden=True)] = None,
+         worker_index: Annotated[int, typer.Option(hidden=True)] = 0,
          params: ParamsOpt = PARAMS):
-    """Search the training configuration with Optuna (TPE + pruning); every trial is a nested MLflow run."""
+    """Search the training configuration with Optuna (TPE + pruning); every trial is a nested MLflow run.
+    Running it again continues the study; SIGINT/SIGTERM stop it cleanly (the running trial is queued again)."""
     with _user_errors():
         p, console = _setup(params)
-        from .tuning.study import apply_best, run_study
+        from .tuning import signals, study
+        from .tuning import workers as pool
         if apply:
-            best = apply_best(params)
-            console.print(f"{params}: set {', '.join(f'{k}={v}' for k, v in best.items())}; `dvc repro` reproduces it")
+            record = study.apply_best(params)
+            console.print(study.applied_line(params, record), markup=False, highlight=False)
             return
-        run_study(p, console, trials, storage, study_name)
+        if threads is None and workers > 1:
+            threads = pool.threads_per_worker(workers)
+        if threads is not None:
+            pool.set_threads(threads)
+        try:
+            if worker_of is not None:   # one of the processes of --workers (tuning/workers.py)
+                from .tuning.display import Display
+                display = Display(console, p["tune"]["metric"], p["train"]["epochs"])
+                result = study.run_worker(p, display, trials, storage, study_name,
+                                          None if worker_of == "-" else worker_of, worker_index)
+            else:
+                result = study.run_study(p, console, trials, storage, study_name, str(params), workers, threads)
+        except signals.Interrupted as e:   # a second signal: stopped at once
+            typer.echo(f"stopped by {e}; run the same command again to continue the study", err=True)
+            raise typer.Exit(128 + e.signum) from None
+        if result.get("interrupted"):
+            import signal
+            raise typer.Exit(128 + signal.Signals[result["interrupted"]].value)
+        if result.get("worker_errors"):
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -216,13 +246,53 @@ def report(experiment: Annotated[Optional[str], typer.Option(help="MLflow experi
            storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the study (default tune.storage)."
                                                           )] = None,
            study_name: Annotated[Optional[str], typer.Option(help="Optuna study (default tune.study_name).")] = None,
+           resamples: Annotated[Optional[int], typer.Option(min=2, help="Bootstrap resamples of the test images "
+                                                                        "for the intervals (default 1000).")] = None,
+           seed: Annotated[Optional[int], typer.Option(help="Seed of the resampling (default 0).")] = None,
            params: ParamsOpt = PARAMS):
     """Write reports/report.md and a self-contained reports/report.html comparing the tracked runs.
     No matching run is not an error: the report says so and the exit code is 0."""
     with _user_errors():
         p, console = _setup(params)
         from .report import run as build
-        build(p, console, experiment, filter_tag, status, last, sort_by, baseline, out, storage, study_name)
+        build(p, console, experiment, filter_tag, status, last, sort_by, baseline, out, storage, study_name,
+              resamples, seed)
+
+
+@app.command()
+def compare(a: Annotated[str, typer.Argument(help="Run A: an MLflow run id, id prefix, run name or dvc exp name.")],
+            b: Annotated[str, typer.Argument(help="Run B, the same way.")],
+            seeds: Annotated[bool, typer.Option("--seeds", help="Compare the groups of seed repeats of A and B (runs "
+                                                                "whose params differ only in train.seed).")] = False,
+            resamples: Annotated[Optional[int], typer.Option(min=2, help="Bootstrap resamples of the test images "
+                                                                  "(default 1000).")] = None,
+            seed: Annotated[Optional[int], typer.Option(help="Seed of the resampling (default 0).")] = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+            experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default tracking.experiment)."
+                                                              )] = None,
+            params: ParamsOpt = PARAMS):
+    """Is B better than A? B - A of AP, AP50 and each class's AP50 with a 95% paired bootstrap interval over
+    the test images, from the detections the runs kept; "within noise" when the interval holds 0."""
+    with _user_errors():
+        p, console = _setup(params)
+        from .compare import run as run_compare
+        run_compare(p, console, a, b, seeds, resamples, seed, as_json, experiment)
+
+
+@app.command()
+def seeds(n: Annotated[int, typer.Argument(min=1, help="How many seeds: train.seed = FIRST .. FIRST + N - 1.")],
+          first: Annotated[int, typer.Option(help="The first seed.")] = 0,
+          queue: Annotated[bool, typer.Option("--queue", help="Only queue the experiments (`dvc queue start` or "
+                                                              "`dvc exp run --run-all` runs them).")] = False,
+          name: Annotated[Optional[str], typer.Option(help="Name the experiments NAME-seed<k>.")] = None,
+          set_values: Annotated[Optional[list[str]], typer.Option(
+              "--set", "-S", help="KEY=VALUE on top of params.yaml (repeatable), as `dvc exp run -S`.")] = None):
+    """Run the configuration of params.yaml (committed or not) with N seeds as DVC experiments, one after another
+    in temporary folders (the workspace is left as it is); `fcos-exp compare --seeds` and the report pool them."""
+    with _user_errors():
+        from .progress import stderr_console
+        from .seeds import run_seeds
+        run_seeds(n, first, queue, name, stderr_console(), set_values or [])
 
 
 def main() -> None:

@@ -63,6 +63,11 @@ def _voc_metric(v) -> str | None:
     return None
 
 
+def _fraction(v) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+    return None if ok else f"must be a number in (0, 1], got {v!r}"
+
+
 def _nonempty(v) -> str | None:
     return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
 
@@ -99,8 +104,9 @@ SCHEMA: dict[str, Any] = {
     "tracking": {"enabled": of_type(bool), "experiment": _experiment, "log_every": number(1, 100000, integer=True)},
     "tune": {"space": _nonempty, "trials": number(1, 100000, integer=True), "metric": choice(*STAT_NAMES),
              "direction": choice("maximize", "minimize"), "seed": number(0, 2**32 - 1, integer=True),
-             "pruner": choice("hyperband", "median", "none"), "storage": of_type(str, optional=True),
-             "study_name": _nonempty, "heartbeat_seconds": number(1, 3600, integer=True)},
+             "pruner": choice("asha", "hyperband", "median", "none"), "storage": of_type(str, optional=True),
+             "study_name": _nonempty, "heartbeat_seconds": number(1, 3600, integer=True),
+             "train_fraction": _fraction, "startup_trials": number(0, 1000, integer=True)},
 }
 # Keys of the sections that library configs validate (so unknown and missing keys are still reported).
 DELEGATED = {"model": MODEL_KEYS, "decode": DECODE_KEYS,

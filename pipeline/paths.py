@@ -23,6 +23,7 @@ EVAL_PLOTS = Path("plots/eval")               # PR, F1 and confusion figures
 ERRORS_METRICS = Path("metrics/errors.json")  # TIDE error breakdown, overall, per class, the worst images
 WORST_IMAGES = Path("plots/eval/worst")       # the worst images drawn, mosaic.png
 ERRORS_PER_IMAGE_CSV = Path("plots/errors_per_image.csv")   # every image's errors, worst first (dvc plots)
+TEST_DETECTIONS = Path("metrics/detections.json.gz")   # the test detections, COCO results (pipeline/detections.py)
 # visualize
 TRAINING_FIGURES = Path("plots/figures")      # training curves, per-class AP
 DETECTIONS = Path("plots/detections")         # detection images and mosaic.png

@@ -2,6 +2,7 @@
 loaders (sharded under DDP) and `fcos.engine.fit`."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from fcos import FCOS
@@ -16,11 +17,12 @@ from .paths import PREPARED
 
 
 def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, resume: bool = False,
-          eval_every: int | None = None, best: Path | None = None) -> dict:
+          eval_every: int | None = None, best: Path | None = None, train_fraction: float = 1.0) -> dict:
     """fit() on data/prepared/train.json, validating on val.json every `eval_every` epochs (default
     train.eval_every), with `callbacks` and those FCOS_EXP_CALLBACKS names (pipeline/extra_callbacks.py);
-    `best`: where the best validated epoch's weights go (None: nowhere, as in tuning trials).
-    Returns fit's result plus "num_images" and "classes"."""
+    `best`: where the best validated epoch's weights go (None: nowhere, as in tuning trials);
+    `train_fraction` < 1 trains on that share of the training images, drawn with train.seed (the same
+    images for every tuning trial). Returns fit's result plus "num_images" and "classes"."""
     from fcos.data import build_loader
     from fcos.engine import fit, seed_everything
 
@@ -31,6 +33,9 @@ def train(params: dict, checkpoint: Path, callbacks: list[Callback], device, *, 
     train_ds = load_dataset("train", train=True, use_difficult=d["train_difficult"])
     if len(train_ds) == 0:
         raise UserError(f"{PREPARED / 'train.json'}: no training images (check the train split and val_fraction)")
+    if train_fraction < 1:
+        keep = random.Random(t["seed"]).sample(range(len(train_ds)), max(1, round(train_fraction * len(train_ds))))
+        train_ds.records = [train_ds.records[i] for i in sorted(keep)]
     val_ds = val_loader = None
     if cfg.eval_every:
         val_ds = load_dataset("val")

@@ -107,6 +107,18 @@ def pause_env(folder: Path, step: int) -> tuple[dict, Path]:
             "PYTHONPATH": path}, release
 
 
+@pytest.fixture
+def reap():
+    """`reap(proc)`: a process the test started is killed at its end, even when the test fails while the
+    process is paused (pause_env) and would wait forever."""
+    procs = []
+    yield procs.append
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def wait_paused(proc, release: Path, limit: float = 900) -> None:
     """Return once training in `proc` (started with `pause_env`) is paused; fail if `proc` ends first.
     `limit` only guards against a hang: the outcome never depends on the machine's speed."""

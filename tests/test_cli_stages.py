@@ -60,6 +60,16 @@ def test_all_stages_write_their_files_and_one_mlflow_run(project, tracking_uri):
     assert {"eval/pr_curve.png", "eval/confusion_matrix_normalized.png"} <= logged
     assert "dataset/dataset.png" in {a.path for a in client.list_artifacts(run_id, "dataset")}
     assert "test/F1" in run.data.metrics
+    # The detections are kept (metrics/detections.json.gz, an artifact) with the hash of the test data they were
+    # scored on; AP and AP50 recomputed from them are evaluate's; their bootstrap standard errors are logged.
+    from fcos.bootstrap import bootstrap, gt_hash, match_table
+    from pipeline.detections import read_detections
+    gt = json.loads((project / "data/prepared/test.json").read_text())
+    assert ev["test_gt_sha256"] == gt_hash(gt) == run.data.tags["test_gt_sha256"]
+    kept = bootstrap(match_table(gt, read_detections(project / "metrics/detections.json.gz")), 200)
+    assert abs(kept.full["AP"] - ev["AP"]) < 1e-12 and abs(kept.full["AP50"] - ev["AP50"]) < 1e-12
+    assert run.data.metrics["test/AP_se"] == ev["AP_se"] >= 0 and run.data.metrics["test/AP50_se"] == ev["AP50_se"]
+    assert "metrics/detections.json.gz" in {a.path for a in client.list_artifacts(run_id, "metrics")}
     # MLflow 3's UI: a model-training experiment, the checkpoint as the run's model, the data as an input
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
@@ -98,3 +108,17 @@ def test_bad_input_is_one_line_and_non_zero(project, args, message):
     assert r.exit_code != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+def test_a_bug_is_reported_as_one_line_that_says_so_and_a_commands_exit_code_passes():
+    """An unexpected exception inside a command is a bug: one line saying so, exit 1; typer.Exit(n) from a
+    command keeps its code."""
+    import typer
+
+    from pipeline.cli import _user_errors
+    with pytest.raises(typer.Exit) as e, _user_errors():
+        {}["missing"]
+    assert e.value.exit_code == 1
+    with pytest.raises(typer.Exit) as e, _user_errors():
+        raise typer.Exit(143)
+    assert e.value.exit_code == 143

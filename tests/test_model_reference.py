@@ -84,20 +84,3 @@ def test_postprocess_equals_torchvision_postprocess_detections():
         torch.testing.assert_close(o["scores"], r["scores"])
         torch.testing.assert_close(o["boxes"], r["boxes"])
         assert o["labels"].tolist() == r["labels"].tolist()
-
-
-def test_postprocess_per_image_nms_equals_one_call(monkeypatch):
-    """Above ONE_CALL_MAX candidates NMS runs image by image (GPU speed): the same detections as one call."""
-    import fcos.postprocess as pp
-    cfg = FCOSConfig(num_classes=K, score_thresh=0.05, topk_candidates=200, nms_thresh=0.5, detections_per_img=50)
-    points, strides, _, cls, box, ctr, _ = _inputs(3)   # two images
-    level_sizes = [h * w for h, w in SIZES]
-    image_sizes = torch.tensor([[128.0, 160.0]] * 2)
-    args = (cls, box, ctr, points, strides, level_sizes, image_sizes)
-    one = PostProcess(cfg)(*args)
-    monkeypatch.setattr(pp, "ONE_CALL_MAX", 10)
-    per_image = PostProcess(cfg)(*args)
-    assert sum(len(o["scores"]) for o in one) > 60
-    for o, p in zip(one, per_image):
-        for key in ("boxes", "scores", "labels"):
-            torch.testing.assert_close(o[key], p[key])

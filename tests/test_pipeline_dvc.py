@@ -30,6 +30,10 @@ def changed_stages(repo) -> set[str]:
     return {name for name in status if ":" not in name and name in ("prepare", "train", "evaluate", "visualize")}
 
 
+def detections_md5(lock: dict) -> str:
+    return next(o["md5"] for o in lock["stages"]["evaluate"]["outs"] if o["path"] == "metrics/detections.json.gz")
+
+
 def eval_json(repo):
     return json.loads((repo / "metrics/eval.json").read_text())
 
@@ -56,7 +60,8 @@ def test_dvc_repro_end_to_end(repo, tracking_uri):
     for plot in ("precision-recall at IoU 0.5", "confusion matrix (IoU 0.5", "objects per class", "pr_curve.png",
                  "confusion_matrix_normalized.png", "dataset.png"):
         assert plot in page, plot
-    assert {"metrics/pr.json", "plots/eval"} <= {o["path"] for o in lock["stages"]["evaluate"]["outs"]}
+    assert {"metrics/pr.json", "plots/eval", "metrics/detections.json.gz"} <= \
+        {o["path"] for o in lock["stages"]["evaluate"]["outs"]}
 
     run_id = json.loads((repo / "models/mlflow_run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri)
@@ -82,6 +87,7 @@ def test_dvc_repro_end_to_end(repo, tracking_uri):
     first_train = json.loads((repo / "metrics/train.json").read_text())
     sh("dvc", "repro", "--force", cwd=repo)
     second = eval_json(repo)
+    assert detections_md5(lock) == detections_md5(yaml.safe_load((repo / "dvc.lock").read_text()))   # same bytes
     assert {k: v for k, v in first.items() if k not in TIMINGS} == {k: v for k, v in second.items() if k not in TIMINGS}
     second_train = json.loads((repo / "metrics/train.json").read_text())
     assert first_train["final_loss"] == second_train["final_loss"]

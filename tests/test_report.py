@@ -92,7 +92,11 @@ def test_leaderboard_rows_order_and_numbers_match_mlflow(reported):
                              for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
         seconds = m.get("train_summary/train_seconds")
         assert row[11] == ("—" if seconds is None else f"{seconds:.1f}")
-    assert board[-1][0] == "broken" and board[-1][-1] == "✗ FAILED" and set(board[-1][2:-1]) == {"—"}
+    assert board[-1][0] == "broken" and board[-1][-1] == "✗ FAILED" and set(board[-1][2:13] + board[-1][14:-1]) == {"—"}
+    assert [row[13] for row in board] == ["1"] * 4                     # no seed repeats: one run a row
+    for row, run in zip(board[:2], expected):                          # A and B kept their test detections
+        lo, hi = map(float, row[14].strip("[]").split(", "))
+        assert 0 <= lo <= hi <= 1 and "test/AP50_se" in run.data.metrics
     trained_only = board[-2]
     assert trained_only[3] == "0.005" and trained_only[5] == "—" and trained_only[11] != "—"
     first = [line for line in section(md, "Leaderboard").splitlines() if line.startswith("|")][2]
@@ -125,6 +129,10 @@ def test_deltas_reproduce_commands_and_sections(reported):
         assert all(f"](assets/{r.info.run_id[:8]}/{name}.png)" in side_by_side for r in runs[:2])
     for r in runs[:2]:
         assert (project / "reports/assets" / r.info.run_id[:8] / "pr_curve.png").stat().st_size > 5000
+    paired = table(md, "Paired comparison against the baseline")[:3]          # B against A, on 4 test images
+    assert [row[1] for row in paired] == [r.info.run_id[:8] for r in runs[1:]]
+    assert paired[0][5].startswith(f"{want:+.3f} [")
+    assert paired[1][4] == paired[2][4] == "kept no test detections"
     dataset = section(md, f"Dataset of the best run ({best.info.run_name})")
     assert f"](assets/{best.info.run_id[:8]}/dataset.png)" in dataset
 

@@ -41,19 +41,28 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
     assert r.exit_code == 0, r.stderr
     study = journal_study(tune_project)
     assert len([t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]) == 3
+    # Trial 0 is the current params, run to the end whatever the pruner says: what the defaults score.
+    assert study.trials[0].user_attrs["baseline"] and study.trials[0].state.name == "COMPLETE"
+    assert study.trials[0].params == {"train.lr": 0.002, "train.epochs": 1}
     best = yaml.safe_load((tune_project / "experiments/best_params.yaml").read_text())
     assert best["trial"] == study.best_trial.number and best["params"] == study.best_trial.params
+    assert best["baseline"]["trial"] == 0 and best["baseline"]["value"] == study.trials[0].value
 
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("tests")
     parent = client.search_runs([exp.experiment_id], "tags.optuna_study = 'fcos-exp' and tags.fcos_role = 'study'")
     assert len(parent) == 1
+    tags = parent[0].data.tags
+    assert tags["optuna_storage"] == "experiments/optuna.journal"
+    assert tags["optuna_dashboard"] == "optuna-dashboard experiments/optuna.journal"
+    assert "optuna-dashboard experiments/optuna.journal" in tags["mlflow.note.content"]
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
     assert len(children) == 3
     assert {c.data.tags["optuna_state"] for c in children} <= {"COMPLETE", "PRUNED"}
     for c in children:
         n = int(c.data.tags["optuna_trial"])
         assert float(c.data.params["train.lr"]) == pytest.approx(study.trials[n].params["train.lr"])
+        assert study.trials[n].user_attrs["mlflow_run_id"] == c.info.run_id   # the study links to its runs
         assert client.get_metric_history(c.info.run_id, "val/AP50")
     figures = {a.path for a in client.list_artifacts(parent[0].info.run_id, "optuna")}
     assert "optuna/tuning_history.png" in figures
@@ -64,6 +73,8 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
 
     r = run_cli("tune", "--apply")
     assert r.exit_code == 0, r.stderr
+    assert f"(trial {best['trial']}: AP50 {best['value']:.4f} on 50% of the training images; the params before, " \
+           f"trial 0: {best['baseline']['value']:.4f})" in r.stderr.replace("\n", " "), r.stderr
     from pipeline.params import load_params
     p = load_params("params.yaml")
     assert p["train"]["lr"] == best["params"]["train.lr"] and p["train"]["epochs"] == best["params"]["train.epochs"]
@@ -75,40 +86,69 @@ def worker(project, trials, extra=(), env=None):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow
-def test_two_workers_share_one_journal_study(tune_project):
-    p = yaml.safe_load((tune_project / "params.yaml").read_text())
+def no_tracking(project):
+    p = yaml.safe_load((project / "params.yaml").read_text())
     p["tracking"]["enabled"] = False
-    (tune_project / "params.yaml").write_text(yaml.safe_dump(p))
+    (project / "params.yaml").write_text(yaml.safe_dump(p))
+
+
+def counted(study):
+    return [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+@pytest.mark.slow
+def test_two_separate_processes_run_exactly_the_trials_asked(tune_project):
+    """Issue 31.8: two workers and --trials 4 ended with 5 COMPLETE trials (Optuna's MaxTrialsCallback
+    counts after the fact); a worker now starts no trial once the study has enough, running ones included."""
+    no_tracking(tune_project)
     a, b = worker(tune_project, 4), worker(tune_project, 4)
     for w in (a, b):
-        _, err = w.communicate(timeout=400)
+        _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err[-2000:]
     study = journal_study(tune_project)
-    done = [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
-    assert 4 <= len(done) <= 5           # MaxTrialsCallback stops both; one may finish a trial in flight
+    assert len(counted(study)) == 4 and states(study).count("RUNNING") == 0, states(study)
     assert len({t.user_attrs["worker"] for t in study.get_trials()}) == 2
 
 
 @pytest.mark.slow
-def test_killed_worker_trial_is_retried_and_study_completes(tune_project):
-    p = yaml.safe_load((tune_project / "params.yaml").read_text())
-    p["tracking"]["enabled"] = False
-    (tune_project / "params.yaml").write_text(yaml.safe_dump(p))
+def test_workers_option_shares_the_cores_and_the_study(tune_project):
+    no_tracking(tune_project)
+    w = worker(tune_project, 4, ["--workers", "2", "--threads", "1"])
+    out, err = w.communicate(timeout=600)
+    assert w.returncode == 0, err[-2000:]
+    study = journal_study(tune_project)
+    assert len(counted(study)) == 4 and states(study).count("RUNNING") == 0, states(study)
+    assert len({t.user_attrs["worker"] for t in study.get_trials()}) == 2
+    assert {t.user_attrs["torch_threads"] for t in study.get_trials()} == {1}
+    assert "[worker 0] trial" in err and "[worker 1] trial" in err   # both workers' lines, relayed
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_retried_and_its_mlflow_run_ended(tune_project, tracking_uri, reap):
+    """Issue 31.8: a SIGKILLed worker's trial is failed and queued again by the next worker, and its nested
+    MLflow run ends KILLED instead of staying RUNNING forever."""
     env, release = pause_env(tune_project, 1)
     w = worker(tune_project, 2, env=env)
+    reap(w)
     wait_paused(w, release)                            # the first trial is training, paused after step 1
     running = [t for t in journal_study(tune_project).get_trials() if t.state.name == "RUNNING"]
     assert len(running) == 1
+    run_id = running[0].user_attrs["mlflow_run_id"]
+    client = mlflow.MlflowClient(tracking_uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
     w.send_signal(signal.SIGKILL)
     w.wait()
     r = run_cli("tune", "--trials", "2")
     assert r.exit_code == 0, r.stderr
+    assert f"trial {running[0].number}: its worker" in r.stderr
     study = journal_study(tune_project)
     killed = study.trials[running[0].number]
     assert killed.state.name == "FAIL"
     retry = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == killed.number]
     assert retry and retry[0].params == killed.params and retry[0].state.name in ("COMPLETE", "PRUNED")
+    assert retry[0].user_attrs["baseline"]             # the killed trial was the current params' one
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["optuna_state"] == "FAIL"
 
 
 def _pg_ctl():
@@ -174,3 +214,54 @@ def test_unreachable_storage_is_one_line(project):
     r = run_cli("tune", "--storage", "postgresql+psycopg2://u:p@127.0.0.1:9/db")
     assert r.exit_code == 2 and "storage unreachable" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert "u:p" not in r.stderr
+
+
+def _sqlite_file(path):
+    import sqlite3
+    with sqlite3.connect(path) as db:
+        db.execute("create table t (x)")
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("text", "not an Optuna journal file"),
+    ("json", "not an Optuna journal file"),
+    ("binary", "not an Optuna journal file"),
+    ("sqlite", "an SQLite database, not an Optuna journal file: use --storage sqlite:///"),
+])
+def test_storage_file_that_is_not_a_journal_is_refused_untouched(project, kind, message):
+    """Issue 31.3: `--storage FILE` on a one-line text file appended an Optuna record to it; other files gave
+    a KeyError traceback. Now: one line naming the file, and the file is left as it was."""
+    (project / "experiments").mkdir()
+    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    f = project / f"notes.{kind}"
+    if kind == "sqlite":
+        _sqlite_file(f)
+    else:
+        f.write_bytes({"text": b"my notes about the study\n", "json": b'{"study": "mine", "trials": 3}\n',
+                       "binary": bytes(range(256))}[kind])
+    before = f.read_bytes()
+    r = run_cli("tune", "--trials", "1", "--storage", str(f))
+    assert r.exit_code == 2 and message in r.stderr and str(f) in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f.read_bytes() == before
+    assert not (project / "experiments/best_params.yaml").exists()
+
+
+def test_report_reads_no_study_from_a_file_that_is_not_a_journal(project):
+    from pipeline.tuning.storage import open_study
+    f = project / "notes.txt"
+    f.write_text("my notes\n")
+    study, why = open_study(str(f), "fcos-exp")
+    assert study is None and str(f) in why and "not an Optuna journal file" in why
+    assert f.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("value,outside", [(0.002, None), (0.02, "train.lr=0.02 lies outside the search space")])
+def test_baseline_trial_is_the_current_params_inside_the_space(value, outside):
+    from conftest import tiny_params
+
+    from pipeline.tuning.space import baseline_values
+    space = yaml.safe_load(SPACE)
+    values, why = baseline_values(tiny_params(train={"lr": value}), space)
+    assert why == outside
+    assert values == (None if outside else {"train.lr": value, "train.epochs": 1})

@@ -5,7 +5,6 @@ report out, tuning.py reads the Optuna study, figures.py draws, html.py renders.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import shlex
 import subprocess
@@ -22,6 +21,7 @@ from ..paths import REPORTS
 from ..provenance import dataset_hash, git_commit, project_root
 from ..tracking import reader, tracking_uri
 from .publish import claim, publish, staging
+from .sections import finite
 
 # Sortable metrics where lower is better, and the MLflow metric each one is read from.
 LOWER_IS_BETTER = {"ms_per_image": "test/ms_per_image", "train_seconds": "train_summary/train_seconds"}
@@ -44,10 +44,8 @@ class Row:
     curves: dict = field(default_factory=dict)
 
     def value(self, key: str):
-        """The metric, or None when absent or not finite: MLflow's sqlite store keeps inf as the largest
-        float, which must neither rank first nor print as a 309-digit number."""
-        v = self.metrics.get(LOWER_IS_BETTER.get(key, f"test/{key}"))
-        return v if v is not None and math.isfinite(v) and abs(v) < 1e300 else None
+        """The metric, or None when absent or not finite (sections.finite)."""
+        return finite(self.metrics.get(LOWER_IS_BETTER.get(key, f"test/{key}")))
 
 
 def search_all(client, exp_id: str) -> list:
@@ -165,7 +163,8 @@ def _check(sort_by: str, status: str | None, filter_tag: str | None, last: int |
 
 def run(params: dict, console, experiment: str | None = None, filter_tag: str | None = None,
         status: str | None = None, last: int | None = None, sort_by: str = "AP50", baseline: str | None = None,
-        out: Path = REPORTS, storage: str | None = None, study_name: str | None = None) -> Path:
+        out: Path = REPORTS, storage: str | None = None, study_name: str | None = None,
+        resamples: int | None = None, seed: int | None = None) -> Path:
     """Build the report; zero matching runs give a report (and a message) saying so, not an error."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep stderr to the final lines
     status = _check(sort_by, status, filter_tag, last)
@@ -175,7 +174,7 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
     exp = client.get_experiment_by_name(name)
     with staging(out) as stage:
         built = _build(params, console, client, exp, name, filter_tag, status, last, sort_by, baseline, stage,
-                      storage, study_name)
+                       storage, study_name, resamples, seed)
         publish(stage, out)
     console.print(f"report of {built['runs']} runs: {(out / 'report.html').resolve()} (self-contained, open it in "
                   f"a browser) and {(out / 'report.md').resolve()}")
@@ -183,8 +182,9 @@ def run(params: dict, console, experiment: str | None = None, filter_tag: str | 
 
 
 def _build(params: dict, console, client, exp, name: str, filter_tag, status, last, sort_by, baseline,
-           out: Path, storage, study_name) -> dict:
+           out: Path, storage, study_name, resamples: int | None = None, seed: int | None = None) -> dict:
     """The report's files in `out` (a staging folder); returns {"runs": the number reported}."""
+    from .compare import group_rows, paired_context  # seed repeats as one row; paired bootstrap intervals
     from .errors import error_blocks, protocol_header  # protocols, TIDE errors, worst images
     from .eval import eval_blocks  # PR / F1 / confusion of the top runs, the dataset figure
     from .html import render_html, render_markdown
@@ -195,9 +195,10 @@ def _build(params: dict, console, client, exp, name: str, filter_tag, status, la
     assets.mkdir()
     runs = search_all(client, exp.experiment_id) if exp else []
     rows = sort_rows(fetch_rows(runs, filter_tag, status, last), sort_by)
-    ranked = [r for r in rows if r.value(sort_by) is not None]
+    groups = group_rows(rows, sort_by)
+    top = [g.best(sort_by) for g in groups if g.value(sort_by) is not None][:TOP]   # the best run of each top row
     val_metric = sort_by if sort_by in STATS else "AP50"
-    add_curves(client, ranked[:TOP], val_metric)
+    add_curves(client, top, val_metric)
     cache: dict = {}
     current = flatten(params)
     filters = ", ".join(f for f in (filter_tag and f"tag {filter_tag}", status and f"status {status}",
@@ -208,8 +209,8 @@ def _build(params: dict, console, client, exp, name: str, filter_tag, status, la
                    "experiment": name, "filters": filters, "sorted by": sort_by,
                    "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
                    **protocol_header(rows)},
-        "rows": rows, "sort_by": sort_by, "val_metric": val_metric, "top": ranked[:TOP],
-        "best": ranked[0] if ranked else None, "baseline": pick_baseline(rows, baseline),
+        "rows": rows, "groups": groups, "sort_by": sort_by, "val_metric": val_metric, "top": top,
+        "best": top[0] if top else None, "baseline": pick_baseline(rows, baseline),
         "commands": {r.run_id: reproduce_command(r, current, cache) for r in rows},
         "tuning": tuning_section(params, runs, storage, study_name, assets),
         "assets": assets,
@@ -219,6 +220,7 @@ def _build(params: dict, console, client, exp, name: str, filter_tag, status, la
         ctx["empty"] = (f"no runs in {where} match the filters ({filters})" if exp and filters != "none" else
                         f"no runs in {where}" if exp else f"no {where}") + ": run `dvc repro` first"
     else:
+        ctx["paired"] = paired_context(client, groups, ctx["baseline"], sort_by, resamples, seed)
         ctx["detections"], ctx["no_detections"] = detection_images(client, ctx["best"], assets)
         ctx["eval_blocks"] = eval_blocks(client, ctx["top"], ctx["best"], assets) + \
             error_blocks(client, rows, ctx["top"], ctx["best"], assets)

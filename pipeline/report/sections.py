@@ -2,30 +2,24 @@
 Markdown and HTML by html.py. A missing value is the cell MISSING."""
 from __future__ import annotations
 
+import math
+
 from .figures import curves_figure, label, per_class_ap50, per_class_figure
 
 MISSING = "—"
 AP_COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-BOARD_HEAD = ["run", "id", "backbone", "lr", "epochs", *AP_COLUMNS, "train s", "ms/img", "status"]
 DELTA_KEYS = [*AP_COLUMNS, "train_seconds", "ms_per_image"]
 
 
+def finite(v) -> float | None:
+    """A metric's value, or None when absent or not finite: MLflow's sqlite store keeps inf as the largest
+    float, which must neither rank first nor print as a 309-digit number."""
+    return v if isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < 1e300 else None
+
+
 def num(v, digits: int = 3) -> str:
+    v = finite(v)
     return MISSING if v is None else f"{v:.{digits}f}"
-
-
-def _status(r) -> str:
-    return r.status if r.status in ("FINISHED", "RUNNING") else f"✗ {r.status}"
-
-
-def leaderboard(ctx: dict) -> dict:
-    rows, classes = [], []
-    for r in ctx["rows"]:
-        rows.append([r.name, r.run_id[:8], r.params.get("model.backbone", MISSING), r.params.get("train.lr", MISSING),
-                     r.params.get("train.epochs", MISSING), *(num(r.value(c)) for c in AP_COLUMNS),
-                     num(r.value("train_seconds"), 1), num(r.value("ms_per_image"), 1), _status(r)])
-        classes.append("best" if r is ctx["best"] else "failed" if r.status in ("FAILED", "KILLED") else "")
-    return {"kind": "table", "id": "leaderboard", "head": BOARD_HEAD, "rows": rows, "classes": classes}
 
 
 def deltas(ctx: dict) -> list[dict]:
@@ -102,6 +96,7 @@ def _params_text(params: dict) -> str:
 
 
 def build_blocks(ctx: dict) -> list[dict]:
+    from .compare import leaderboard, paired_blocks  # seed repeats grouped; intervals (compare imports this module)
     blocks = [{"kind": "header", "items": ctx["header"]}]
     if ctx.get("empty"):
         return blocks + [{"kind": "p", "id": "empty", "text": ctx["empty"]}] + tuning(ctx["tuning"])
@@ -109,11 +104,14 @@ def build_blocks(ctx: dict) -> list[dict]:
     best = ctx["best"]
     lower = sort_by in ("ms_per_image", "train_seconds")
     note = f"{len(rows)} runs, best first by " + (f"{sort_by} (lower is better)" if lower else f"test {sort_by}")
+    if len(ctx["groups"]) < len(rows):
+        note += (" (the mean over seeds: runs whose params differ only in train.seed are one row, mean ± std over "
+                 "the seeds, and the interval pools them)")
     note += (f"; best: {best.name} ({best.run_id[:8]}). " if best else f"; no run has {sort_by} yet. ")
     failed = sum(r.status in ("FAILED", "KILLED") for r in rows)
     note += (f"{failed} failed or killed runs are marked ✗. " if failed else "") + f"{MISSING}: not recorded."
     blocks += [{"kind": "h2", "text": "Leaderboard"}, {"kind": "p", "text": note}, leaderboard(ctx)]
-    blocks += deltas(ctx) + figures(ctx) + ctx.get("eval_blocks", []) + tuning(ctx["tuning"])
+    blocks += deltas(ctx) + paired_blocks(ctx) + figures(ctx) + ctx.get("eval_blocks", []) + tuning(ctx["tuning"])
     blocks.append({"kind": "h2", "text": f"Detections of the best run{f' ({best.name})' if best else ''}"})
     blocks.append({"kind": "grid", "images": [(p, p.stem) for p in ctx["detections"]]} if ctx["detections"] else
                   {"kind": "p", "text": ctx["no_detections"]})

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..tuning.storage import DEFAULT_JOURNAL, open_study, shown_url
+from ..paths import DEFAULT_JOURNAL
+from ..tuning.storage import open_study, shown_url
 from ..tuning.study import study_figures
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")

@@ -67,6 +67,9 @@ def run(params: dict, console) -> dict:
     from ..error_analysis import analyse
     analysis = analyse(params, m, PREPARED / "test.json", test_ds.records)
     result.update(analysis.eval_fields)
+    # The detections themselves (metrics/detections.json.gz), the hash of the test data, AP/AP50 standard errors.
+    from ..detections import ARTIFACT_FOLDER, GT_TAG, TEST_DETECTIONS, keep_detections
+    result.update(keep_detections(m["detections"], PREPARED / "test.json", console))
     write_json(EVAL_METRICS, result)
     with atomic_write(PER_CLASS_CSV) as f:
         w = csv.writer(f)
@@ -88,6 +91,8 @@ def run(params: dict, console) -> dict:
         tracker.log_table({"metric": STATS, "value": [m[k] for k in STATS]}, "eval/map_table.json")
         tracker.log_artifact(EVAL_METRICS, "metrics")
         analysis.log(tracker)
+        tracker.set_tags({GT_TAG: result[GT_TAG]})
+        tracker.log_artifact(TEST_DETECTIONS, ARTIFACT_FOLDER)
     out = Console()   # data on stdout, logs on stderr
     out.print(map_table(result))
     out.print(f"protocol: {analysis.protocol_line}")

@@ -61,7 +61,7 @@ def detector(params: dict, model_path: Path | None):
             onnx = OnnxDetector(model_path)
         except ImportError:
             raise UserError("an .onnx model needs onnxruntime: pip install 'fcos-exp[export]'") from None
-        return onnx, onnx.classes
+        return onnx, onnx.classes   # an unreadable or foreign file is an InputError: one line already
     trained = load_trained(params, model_path)
 
     def detect(image):
@@ -73,6 +73,7 @@ def detector(params: dict, model_path: Path | None):
 def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: float | str | None,
         model_path: Path | None = None) -> dict:
     from fcos.data import DataError, load_image
+    from fcos.export import OnnxRunError
 
     from ..drawing import draw_boxes, save_image
     from ..eval_analysis import NO_F1_THRESH, class_thresholds
@@ -82,6 +83,12 @@ def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: 
     outs = output_names(files, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     detect, classes = detector(params, model_path)
+    baked = getattr(detect, "decode", None)   # an .onnx graph decodes with the settings it was exported with
+    if baked:
+        differ = {k: v for k, v in params["decode"].items() if baked.get(k) != v}
+        console.print(f"{model_path}: decoding inside the graph: {', '.join(f'{k} {v}' for k, v in baked.items())}"
+                      + (f" (params decode differs: {', '.join(f'{k} {v}' for k, v in differ.items())}; "
+                         f"`fcos-exp export` again applies it)" if differ else ""))
     setting = params["visualize"]["score_thresh"] if score_thresh is None else score_thresh
     if score_thresh is None and setting == "f1" and not PR_METRICS.is_file():
         console.print(f"no {PR_METRICS} yet (`fcos-exp evaluate` writes it): drawing scores >= {NO_F1_THRESH}")
@@ -98,7 +105,10 @@ def run(params: dict, console, inputs: list[Path], out_dir: Path, score_thresh: 
                 console.print(f"skipped {e}")
                 skipped += 1
                 continue
-            det = detect(image)
+            try:
+                det = detect(image)
+            except OnnxRunError as e:   # the graph, not the image, is at fault: stop
+                raise UserError(f"{e} ({f})", code=1) from None
             keep = det["scores"] >= thresh[det["labels"]]
             boxes, scores, labels = (det[k][keep] for k in ("boxes", "scores", "labels"))
             save_image(draw_boxes(image, boxes, labels, classes, scores), out)

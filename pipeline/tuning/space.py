@@ -70,3 +70,25 @@ def apply_values(params: dict, values: dict) -> dict:
     if problems:
         raise UserError("\n".join(f"search space: {line}" for line in problems))
     return p
+
+
+def short_params(values: dict) -> str:
+    """backbone=resnet34, lr=0.0031, epochs=6 (dotted keys shortened to their last part)."""
+    return ", ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                     for k, v in values.items())
+
+
+def baseline_values(params: dict, space: dict) -> tuple[dict | None, str | None]:
+    """The current params' values of the space's keys, the study's first trial (what the defaults score at
+    the study's fidelity on its validation split); (None, why) when one lies outside the space."""
+    values = {}
+    for key, spec in space.items():
+        section, _, name = key.partition(".")
+        v = params[section][name]
+        inside = v in spec["choices"] if spec["type"] == "categorical" else \
+            isinstance(v, (int, float)) and not isinstance(v, bool) and spec["low"] <= v <= spec["high"] and \
+            (spec["type"] == "float" or float(v).is_integer())
+        if not inside:
+            return None, f"{key}={v!r} lies outside the search space"
+        values[key] = v
+    return values, None

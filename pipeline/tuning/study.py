@@ -1,40 +1,34 @@
-"""Running a study: workers on one shared storage, the MLflow parent run, the live table, the figures and the
-best params (experiments/best_params.yaml, `--apply` writes them into params.yaml)."""
+"""Running a study: the trial loop every worker runs (an exact number of trials however many workers share
+the storage), the MLflow parent run, the figures and the best params (experiments/best_params.yaml,
+`--apply` writes them into params.yaml)."""
 from __future__ import annotations
 
 import time
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
-from rich.live import Live
-from rich.table import Table
 
 from ..artifacts import write_text
 from ..errors import UserError
-from ..params import set_values
+from ..mpl import save
+from ..params import read_text_file, set_values
+from ..paths import BEST_PARAMS, TUNING_FIGURES
 from ..tracking import Tracker, find_run, tracking_uri
-from .objective import Objective
-from .space import load_space
-from .storage import DEFAULT_JOURNAL, retry_dead_local_trials, shown_url, storage_for
+from . import signals
+from .display import Display, baseline_of, best_of, summary
+from .objective import COUNTED, Objective
+from .space import baseline_values, load_space, short_params
+from .storage import dashboard_command, journal_path, retry_dead_local_trials, shown_url, storage_for, study_lock
 
-BEST_FILE = Path("experiments/best_params.yaml")
-FIGURES = Path("outputs/tuning")   # <study name>/tuning_*.png, also logged to the study's MLflow run
-
-
-def best_trial(study):
-    """The best complete trial, or None."""
-    from optuna.trial import TrialState
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return study.best_trial if complete and len(study.directions) == 1 else None
+PRUNE_FROM = 25    # percent of a trial's schedule before the pruner first judges it (objective.py's steps)
+REDUCTION = 3      # successive halving / Hyperband: the best third of the trials at a rung goes on
 
 
 def study_figures(study, out: Path) -> list[Path]:
     """out/tuning_{history,importances,intermediate}.png: optimisation history (>= 1 complete trial),
     parameter importances (>= 2), intermediate values (any reported)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
     from optuna.trial import TrialState
 
@@ -56,96 +50,216 @@ def study_figures(study, out: Path) -> list[Path]:
             continue
         fig = (ax if hasattr(ax, "figure") else ax.flat[0]).figure
         fig.set_size_inches(6.4, 3.8)
-        fig.tight_layout()
-        path = out / f"tuning_{name}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, out / f"tuning_{name}.png", dpi=90))
     return paths
 
 
-def trials_table(study) -> Table:
-    table = Table(title=f"study {study.study_name}")
-    for col in ("trial", "params", "value", "state", "seconds"):
-        table.add_column(col)
-    for t in study.get_trials(deepcopy=False)[-25:]:
-        done = t.datetime_complete and t.datetime_start
-        secs = (t.datetime_complete - t.datetime_start).total_seconds() if done else None
-        params = ", ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                           for k, v in t.params.items())
-        table.add_row(str(t.number), params, "-" if t.value is None else f"{t.value:.4f}", t.state.name,
-                      "-" if secs is None else f"{secs:.0f}")
-    return table
-
-
-def write_best(study, metric: str) -> Path | None:
-    best = best_trial(study)
+def write_best(study, metric: str, train_fraction: float) -> Path | None:
+    best = best_of(study)
     if best is None:
         return None
-    write_text(BEST_FILE, yaml.safe_dump({"study": study.study_name, "trial": best.number, "metric": metric,
-                                          "value": float(best.value), "params": dict(best.params)}, sort_keys=False))
-    return BEST_FILE
+    base = baseline_of(study)
+    record = {"study": study.study_name, "trial": best.number, "metric": metric, "value": float(best.value),
+              "params": dict(best.params), "train_fraction": train_fraction,
+              "baseline": None if base is None or base.value is None else
+              {"trial": base.number, "value": float(base.value), "params": dict(base.params)}}
+    write_text(BEST_PARAMS, yaml.safe_dump(record, sort_keys=False))
+    return BEST_PARAMS
 
 
 def apply_best(params_path: Path) -> dict:
-    """Write the best params into params.yaml in place, keeping its comments and layout."""
-    if not BEST_FILE.is_file():
-        raise UserError(f"{BEST_FILE}: not found; run `fcos-exp tune` first")
-    best = yaml.safe_load(BEST_FILE.read_text())["params"]
-    set_values(params_path, best)
-    return best
-
-
-def run_study(params: dict, console, trials: int | None, storage: str | None, study_name: str | None) -> dict:
-    import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    t = params["tune"]
-    space = load_space(t["space"], params)
-    n_trials = t["trials"] if trials is None else trials
-    name = study_name or t["study_name"]
-    max_epochs = int(space.get("train.epochs", {}).get("high", params["train"]["epochs"]))
-    pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_epochs)),
-              "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-              "none": optuna.pruners.NopPruner}[t["pruner"]]()
-    url = storage or t["storage"]
-    backend = storage_for(url, t["heartbeat_seconds"])
+    """Write the best params into params.yaml in place, keeping its comments and layout; returns the
+    best_params.yaml record."""
+    if not BEST_PARAMS.is_file():
+        raise UserError(f"{BEST_PARAMS}: not found; run `fcos-exp tune` first")
     try:
-        study = optuna.create_study(storage=backend, sampler=optuna.samplers.TPESampler(seed=t["seed"]),
-                                    pruner=pruner, study_name=name, direction=t["direction"], load_if_exists=True)
-    except (ValueError, KeyError, TypeError) as e:   # a journal file that is not one, a study of another direction
-        raise UserError(f"{shown_url(url or str(DEFAULT_JOURNAL))}: not a usable Optuna storage for study "
-                        f"'{name}' ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
-    retried = retry_dead_local_trials(study)
-    if retried:
-        console.print(f"{retried} trial(s) of a worker that died were marked failed and queued again")
-    counted = (TrialState.COMPLETE, TrialState.PRUNED)
-    tags = {"optuna_study": name, "fcos_role": "study"}
-    parent_id = find_run(params, tags)   # workers of one study share its parent run
-    start = time.perf_counter()
-    with Tracker(params, parent_id is None, run_id=parent_id, name=f"tune-{name}", tags=tags,
+        record = yaml.safe_load(read_text_file(BEST_PARAMS))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{BEST_PARAMS}: not valid YAML ({str(e).splitlines()[0]}); run `fcos-exp tune` again") \
+            from None
+    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
+        raise UserError(f"{BEST_PARAMS}: not a best-params file of `fcos-exp tune` (no params mapping)")
+    set_values(params_path, record["params"])
+    return record
+
+
+def applied_line(params_path, record: dict) -> str:
+    """What `--apply` did, with the best trial's value beside trial 0's (the params before)."""
+    values = ", ".join(f"{k}={v}" for k, v in record["params"].items())
+    fraction = record.get("train_fraction", 1)
+    base = record.get("baseline")
+    return (f"{params_path}: set {values} (trial {record.get('trial')}: {record.get('metric')} "
+            f"{record.get('value', float('nan')):.4f}"
+            + (f" on {fraction:.0%} of the training images" if fraction < 1 else "")
+            + (f"; the params before, trial {base['trial']}: {base['value']:.4f}" if base else "")
+            + "); `dvc repro` trains it on the whole training split")
+
+
+def make_pruner(kind: str):
+    """Steps are percent of a trial's schedule (objective.py): judged from PRUNE_FROM %, best 1/REDUCTION on."""
+    import optuna
+    return {"asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=PRUNE_FROM,
+                                                                   reduction_factor=REDUCTION),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=PRUNE_FROM, max_resource=100,
+                                                                reduction_factor=REDUCTION),
+            "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=PRUNE_FROM - 1),
+            "none": optuna.pruners.NopPruner}[kind]()
+
+
+def count(study, states=COUNTED) -> int:
+    return sum(t.state.name in states for t in study.get_trials(deepcopy=False))
+
+
+class Study:
+    """One process's view of the study: its storage, the Optuna study, the display; `work` runs trials."""
+
+    def __init__(self, params: dict, display: Display, trials: int | None, storage: str | None,
+                 study_name: str | None, seed_offset: int = 0):
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.ERROR)   # our display says what Optuna would log
+        self.params, self.display, t = params, display, params["tune"]
+        self.space = load_space(t["space"], params)
+        self.n_trials = t["trials"] if trials is None else trials
+        self.name, self.url = study_name or t["study_name"], storage or t["storage"]
+        backend = storage_for(self.url, t["heartbeat_seconds"], on_stale=lambda s, tr: self._dead([tr]))
+        with warnings.catch_warnings():   # constant_liar is "experimental"; it keeps workers apart
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=t["seed"] + seed_offset, n_startup_trials=t["startup_trials"],
+                                                 constant_liar=True)
+        try:
+            self.study = optuna.create_study(storage=backend, sampler=sampler, pruner=make_pruner(t["pruner"]),
+                                             study_name=self.name, direction=t["direction"], load_if_exists=True)
+        except (ValueError, KeyError, TypeError) as e:   # a study of another direction, a corrupt journal
+            raise UserError(f"{self.shown}: not a usable Optuna storage for study '{self.name}' "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
+
+    @property
+    def shown(self) -> str:
+        path = journal_path(self.url)
+        return shown_url(self.url) if path is None else str(path)
+
+    def prepare(self) -> None:
+        """Say what runs; check the study's fidelity; a new study gets the current params as its first trial."""
+        t = self.params["tune"]
+        fraction = t["train_fraction"]
+        self.display.line(f"study '{self.name}' in {self.shown}: {count(self.study, ('COMPLETE', 'PRUNED'))} of "
+                          f"{self.n_trials} trials done; trials train on {fraction:.0%} of the training images and "
+                          f"validate on data/prepared/val.json every epoch ({t['metric']}, pruner {t['pruner']})")
+        with study_lock(self.url):
+            earlier = self.study.user_attrs.get("train_fraction")
+            if earlier is not None and earlier != fraction:
+                raise UserError(f"{self.shown}: study '{self.name}' ran its trials with tune.train_fraction "
+                                f"{earlier}, not {fraction}: set it back or use another --study-name")
+            if earlier is None:
+                self.study.set_user_attr("train_fraction", fraction)
+            if self.study.get_trials(deepcopy=False):
+                return
+            values, why = baseline_values(self.params, self.space)
+            if values is None:
+                self.display.line(f"no trial of the current params: {why}")
+                return
+            self.study.enqueue_trial(values, user_attrs={"baseline": True})
+            self.display.line(f"trial 0 is the current params ({short_params(values)}): what they score at "
+                              "this fidelity on the same validation split")
+
+    def recover(self) -> None:
+        """Fail and queue again the trials of dead workers (journal: this host's processes; RDB: heartbeats)."""
+        import optuna
+        self._dead(retry_dead_local_trials(self.study))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+
+    def _dead(self, trials) -> None:
+        """Trials whose worker died: their MLflow runs end as KILLED (not RUNNING forever)."""
+        for t in trials:
+            self.display.line(f"trial {t.number}: its worker ({t.user_attrs.get('worker', '?')}) died; "
+                              "marked FAIL and queued again")
+            run_id = t.user_attrs.get("mlflow_run_id")
+            if run_id and not run_id.startswith("pending-"):
+                with Tracker(self.params, False, run_id=run_id, remember=False) as run:
+                    run.set_tags({"optuna_state": "FAIL", "stopped_by": "worker died"})
+                    run.status = "KILLED"
+
+    def work(self, parent_run: str | None) -> None:
+        """Run trials until the study has n_trials COMPLETE + PRUNED + RUNNING ones (so N workers never
+        exceed it: the count and the start of a trial happen under study_lock); failed trials do not count,
+        at most 3x as many attempts as places left. Raises signals.Interrupted after a stop signal."""
+        objective = Objective(self.params, self.space, self.study, parent_run, self.display, self.n_trials)
+        attempts = 3 * max(1, self.n_trials - count(self.study, ("COMPLETE", "PRUNED")))
+        for _ in range(attempts):
+            signals.check()
+            with ExitStack() as held:
+                held.enter_context(study_lock(self.url))
+                self.recover()
+                if count(self.study) >= self.n_trials:
+                    return
+                objective.started = held.close
+                self.study.optimize(objective, n_trials=1, callbacks=[self.display.trial])
+
+    def result(self, **extra) -> dict:
+        from optuna.trial import TrialState
+        best = best_of(self.study)
+        states = {s.name: len(self.study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+        return {"best": None if best is None else {"value": best.value, "params": best.params}, "states": states,
+                "storage": self.shown, "dashboard": dashboard_command(self.url), "mlflow": tracking_uri(),
+                "done": states["COMPLETE"] + states["PRUNED"], "wanted": self.n_trials, **extra}
+
+
+def run_worker(params: dict, display: Display, trials, storage, study_name, parent_run: str | None,
+               index: int) -> dict:
+    """A worker process of `--workers N` (started by workers.py): trials only, no summary."""
+    s = Study(params, display, trials, storage, study_name, seed_offset=index)
+    try:
+        with signals.graceful_stop(announce=False):
+            s.work(parent_run)
+    except signals.Interrupted as e:
+        return s.result(interrupted=str(e))
+    return s.result()
+
+
+def run_study(params: dict, console, trials: int | None, storage: str | None, study_name: str | None,
+              params_path: str = "params.yaml", workers: int = 1, threads: int | None = None) -> dict:
+    """The whole study from this command: one worker here, or `workers` processes (workers.py) each
+    started with `params_path`."""
+    from .workers import run_workers
+    t = params["tune"]
+    display = Display.for_console(console, t["metric"], params["train"]["epochs"])
+    s = Study(params, display, trials, storage, study_name)
+    s.prepare()
+    tags = {"optuna_study": s.name, "fcos_role": "study"}
+    parent_id = find_run(params, tags)   # later runs of the same study reuse its parent run
+    start, interrupted, worker_errors = time.perf_counter(), None, 0
+    with Tracker(params, parent_id is None, run_id=parent_id, name=f"tune-{s.name}", tags=tags,
                  remember=False) as parent:
-        with Live(trials_table(study), console=console, refresh_per_second=1, transient=False) as live:
-            remaining = n_trials - len(study.get_trials(deepcopy=False, states=counted))
-            if remaining > 0:   # failed trials do not count; at most 3x as many attempts as trials wanted
-                study.optimize(Objective(params, space, study, parent.run_id, console), n_trials=3 * remaining,
-                               callbacks=[MaxTrialsCallback(n_trials, states=counted),
-                                          lambda s, tr: live.update(trials_table(s))])
-            live.update(trials_table(study))
-        best = best_trial(study)
+        link = dashboard_command(s.url)
+        parent.set_tags({"optuna_storage": s.shown, "optuna_dashboard": link,
+                         "tune.train_fraction": t["train_fraction"],
+                         "mlflow.note.content": f"Optuna study '{s.name}' in {s.shown}; each trial is a child run "
+                                                f"of this one. See the study: `{link}`"})
+        if workers > 1:
+            display.line(f"{workers} workers x {threads} torch threads")
+        display.start(s.study)
+        try:
+            if workers > 1:
+                interrupted, worker_errors = run_workers(params_path, display, s, parent.run_id, workers, threads)
+            else:
+                with signals.graceful_stop():
+                    s.work(parent.run_id)
+        except signals.Interrupted as e:
+            interrupted = str(e)
+        finally:
+            display.stop()
+        s.recover()   # a worker killed outright leaves its trial RUNNING
+        if interrupted:
+            parent.status = "KILLED"
+        best = best_of(s.study)
         if best is not None:
             parent.log_metrics({f"best_{t['metric']}": best.value})
             parent.set_tags({f"best.{k}": v for k, v in best.params.items()})
-        for path in study_figures(study, FIGURES / name):
+        for path in study_figures(s.study, TUNING_FIGURES / s.name):
             parent.log_artifact(path, "optuna")
-    best_file = write_best(study, t["metric"])
-    states = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
-    if best is not None:
-        console.print(f"best trial {best.number}: {t['metric']} {best.value:.4f} with {best.params}; "
-                      f"written to {best_file} (`fcos-exp tune --apply` puts it in params.yaml)")
-    else:
-        console.print("no trial completed yet")
-    console.print(f"study '{name}': {states}; {time.perf_counter() - start:.0f} s; MLflow {tracking_uri()}")
-    return {"best": None if best is None else {"value": best.value, "params": best.params}, "states": states}
+    result = s.result(interrupted=interrupted, worker_errors=worker_errors,
+                      best_file=write_best(s.study, t["metric"], t["train_fraction"]))
+    summary(display, s.study, result, time.perf_counter() - start)
+    return result
