@@ -567,3 +567,20 @@ def test_a_queue_kept_for_a_store_that_is_gone_is_not_sent_out_of_sight(project,
     queue.write_text("".join(json.dumps({**r, "uri": tracking_uri}) + "\n" for r in records))   # retargeted
     r = run_cli("sync")
     assert r.exit_code == 0 and f"sent 2 tracking operations to {tracking_uri}" in " ".join(r.stderr.split())
+
+
+@pytest.mark.slow
+def test_evaluating_into_a_run_deleted_in_mlflow_says_so_and_queues_nothing(project, tracking_uri):
+    """The run of models/mlflow_run.json deleted in the MLflow UI: evaluate said MLflow was unreachable and
+    kept its data for `fcos-exp sync`, which then dropped it as belonging to a run that no longer exists."""
+    import mlflow
+    for stage in ("prepare", "train"):
+        assert run_cli(stage).exit_code == 0
+    run = json.loads((project / "models/mlflow_run.json").read_text())["run_id"]
+    mlflow.MlflowClient(tracking_uri).delete_run(run)
+    r = run_cli("evaluate")
+    assert r.exit_code == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert f"refused the reopen of run {run}" in said and "Current state is deleted" in said
+    assert "unreachable" not in said and not (project / "models/mlflow_pending.jsonl").exists()
+    assert (project / "metrics/eval.json").is_file()

@@ -12,7 +12,7 @@ from fcos.files import atomic_write
 
 from ..errors import UserError
 from ..paths import PENDING_FILE
-from .ops import apply, create_run, run_exists
+from .ops import apply, create_run, refused, run_exists
 from .runfile import last_run, write_run_file
 from .store import client, sqlite_path, tracking_uri
 
@@ -56,12 +56,7 @@ def _named(rec: dict, ids: dict[str, str]) -> dict:
     return rec if rec["op"] == "create" else {**rec, "run": ids.get(rec["run"], rec["run"])}
 
 
-def _refused(e: Exception) -> bool:
-    """MLflow answered that the data itself is invalid: sending it again can never succeed."""
-    return getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE"
-
-
-def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int]:
+def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int, list[str]]:
     """Send the operations kept while MLflow was unreachable, in order, each to the store it was meant for.
     A run created offline gets its real id at once, in models/mlflow_run.json too and in what is left when a
     send fails (so a later sync goes on from there). Operations of a run that no longer exists are dropped
@@ -103,7 +98,7 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int]:
             if rec["op"] in NOT_IDEMPOTENT:
                 _keep(path, records[n + 1:], ids)
         except Exception as e:
-            if _refused(e):
+            if refused(e):
                 sys.stderr.write(f"warning: MLflow refused a kept {rec['op']} operation of run {run} and it was "
                                  f"dropped: {str(e).splitlines()[0][:200]}\n")
                 dropped += 1

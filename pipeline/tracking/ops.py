@@ -88,6 +88,12 @@ def _log_model_file(c, model_id: str, path: str) -> None:
         c.log_model_artifacts(model_id, tmp)
 
 
+def refused(e: Exception) -> bool:
+    """MLflow answered that the data itself is invalid, or that its run is gone (deleted in the UI): sending it
+    again can never succeed, unlike a server that did not answer."""
+    return getattr(e, "error_code", None) in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+
+
 def run_exists(c, run_id: str) -> bool:
     from mlflow.exceptions import MlflowException
     try:
