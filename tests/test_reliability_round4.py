@@ -504,7 +504,7 @@ def test_a_sync_stopped_midway_and_run_again_doubles_no_run_and_no_table(tmp_pat
         proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert (models / "mlflow_pending.jsonl").exists()           # stopped before the end (1500 sends)
+    assert [*models.glob("mlflow_pending.jsonl*")]              # stopped before the end (1500 sends)
     r = cli(tmp_path, "sync", env=env)
     assert r.returncode == 0, r.stderr
     client = mlflow.MlflowClient(uri)
@@ -584,3 +584,43 @@ def test_evaluating_into_a_run_deleted_in_mlflow_says_so_and_queues_nothing(proj
     assert f"refused the reopen of run {run}" in said and "Current state is deleted" in said
     assert "unreachable" not in said and not (project / "models/mlflow_pending.jsonl").exists()
     assert (project / "metrics/eval.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_sync_while_an_offline_training_goes_on_loses_none_of_its_steps(tmp_path):
+    """A training that started while its MLflow server was down keeps its operations under a pending run id;
+    the server comes back and `fcos-exp sync` runs while training goes on: the next sync dropped every step
+    logged after the first sync, as operations "of a run that no longer exists" (the pending id's create had
+    been sent by then)."""
+    import mlflow
+    from test_reliability_tracking import free_port, start_server, stop_server
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    p = tiny_params(train={"epochs": 3}, tracking={"enabled": True, "experiment": "later", "log_every": 1})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    assert cli(tmp_path, "prepare", env=env).returncode == 0
+    pause, release = pause_env(tmp_path, 4)                     # 3 steps an epoch
+    train = subprocess.Popen([sys.executable, "-m", "pipeline", "train"], cwd=tmp_path,
+                             env={**pause, **{k: v for k, v in env.items() if k != "PYTHONPATH"}},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = None
+    try:
+        wait_paused(train, release)                              # nothing listened: all kept under pending-...
+        server = start_server(tmp_path, port)
+        r = cli(tmp_path, "sync", env=env)
+        assert r.returncode == 0, r.stderr
+        release.touch()
+        _, err = train.communicate(timeout=600)
+        assert train.returncode == 0, err
+        r = cli(tmp_path, "sync", env=env)
+        assert r.returncode == 0 and "dropped" not in r.stderr, r.stderr
+        client = mlflow.MlflowClient(uri)
+        run = json.loads((tmp_path / "models/mlflow_run.json").read_text())["run_id"]
+        assert sorted(m.step for m in client.get_metric_history(run, "train/final_loss")) == list(range(1, 10))
+        assert sorted(m.step for m in client.get_metric_history(run, "epoch/final_loss")) == [1, 2, 3]
+    finally:
+        train.kill()
+        if server is not None:
+            stop_server(server)

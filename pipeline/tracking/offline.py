@@ -1,11 +1,16 @@
 """The offline queue: tracking operations kept in models/mlflow_pending.jsonl while MLflow is unreachable,
 each with the store it was meant for, and `fcos-exp sync`, which replays them in order. A sync stopped at any
-point (Ctrl-C, SIGKILL) and run again creates no run twice and sends no model again."""
+point (Ctrl-C, SIGKILL) and run again creates no run twice and sends no model again. A training may go on
+appending while a sync runs: the sync takes the queue (renamed to .sending under the queue's lock, which
+appends hold too) and sends what it took; operations of an offline run whose create an earlier sync sent
+reach the run it made."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from fcos.files import atomic_write
@@ -18,26 +23,46 @@ from .store import client, sqlite_path, tracking_uri
 
 
 def append_pending(run_id: str, op: str, payload, uri: str) -> None:
-    from ..artifacts import open_append
-    PENDING_FILE.parent.mkdir(parents=True, exist_ok=True)
-    with open_append(PENDING_FILE) as f:
+    with _locked_queue(PENDING_FILE) as f:
         f.write(json.dumps({"run": run_id, "op": op, "payload": payload, "uri": uri}) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
+@contextmanager
+def _locked_queue(path: Path):
+    """The queue opened for appending under its lock (a sync takes or gives back the file under it), the file
+    at `path` now: one a sync took meanwhile is let go and the new one opened."""
+    from ..artifacts import open_append
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with open_append(path) as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield f
+                return
+
+
+def _sending(path: Path) -> Path:
+    return path.with_name(path.name + ".sending")
+
+
 def pending_steps(run_id: str, metric: str) -> list[int]:
-    """Steps of `metric` kept in the queue for `run_id` (a pending or a real id)."""
-    if not PENDING_FILE.is_file():
-        return []
+    """Steps of `metric` kept for `run_id` (a pending or a real id), in the queue or taken by a sync."""
     steps = []
-    for rec in _read(PENDING_FILE):
-        if rec["run"] == run_id and rec["op"] == "metrics":
-            steps += [row[2] for row in rec["payload"] if row[0] == metric]
+    for path in (_sending(PENDING_FILE), PENDING_FILE):
+        for rec in _read(path) if path.is_file() else []:
+            if rec["run"] == run_id and rec["op"] == "metrics":
+                steps += [row[2] for row in rec["payload"] if row[0] == metric]
     return steps
 
 
-def _read(path: Path) -> list[dict]:
+def _read(path: Path, shown: Path | None = None) -> list[dict]:
+    """The records of a queue file (`shown`: the name its problems are told under)."""
     records = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         try:
@@ -45,7 +70,7 @@ def _read(path: Path) -> list[dict]:
         except ValueError:
             rec = None
         if line.strip() and not (isinstance(rec, dict) and {"run", "op", "payload"} <= set(rec)):
-            raise UserError(f"{path}: line {n} is not a pending tracking operation")
+            raise UserError(f"{shown or path}: line {n} is not a pending tracking operation")
         if rec:
             records.append(rec)
     return records
@@ -64,12 +89,49 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int, li
     named on stderr). Returns (sent, {pending id: real id}, dropped, the stores sent to); the file is removed
     once all are sent. UserError when a store cannot be reached, or is a sqlite file whose folder is gone (a
     moved project: the store is not made again there, out of sight)."""
-    path = Path(path or PENDING_FILE)
-    if path.exists() and not path.is_file():
-        raise UserError(f"{path}: not a regular file (a pipe, device, socket or folder)")
-    if not path.is_file():
+    queue = Path(path or PENDING_FILE)
+    if queue.exists() and not queue.is_file():
+        raise UserError(f"{queue}: not a regular file (a pipe, device, socket or folder)")
+    path = _sending(queue)
+    if not queue.is_file() and not path.is_file():
         return 0, {}, 0, []
-    records = _read(path)
+    with _sync_lock(queue):
+        try:
+            return _send_all(queue, path)
+        except BaseException:
+            _give_back(queue, path)
+            raise
+
+
+@contextmanager
+def _sync_lock(queue: Path):
+    """One sync of a queue at a time."""
+    from ..artifacts import open_append
+    with open_append(queue.with_name(queue.name + ".sync-lock")) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{queue}: another `fcos-exp sync` is sending it; wait for it") from None
+        yield
+
+
+def _give_back(queue: Path, sending: Path) -> None:
+    """What a sync took and did not send, back at the head of the queue (before what was appended since)."""
+    if not sending.is_file():
+        return
+    with _locked_queue(queue):
+        with atomic_write(queue) as f:
+            f.write(sending.read_text() + queue.read_text())
+        sending.unlink()
+
+
+def _send_all(queue: Path, path: Path) -> tuple[int, dict[str, str], int, list[str]]:
+    with _locked_queue(queue):   # take the queue; appends from now on start a new one
+        taken = (path.read_text() if path.is_file() else "") + queue.read_text()
+        with atomic_write(path) as f:
+            f.write(taken)
+        queue.unlink()
+    records = _read(path, queue)
     clients: dict[str, object] = {}
     ids: dict[str, str] = {}
     gone: set[str] = set()
@@ -79,7 +141,7 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int, li
         db = sqlite_path(uri) if isinstance(uri, str) else None
         if db is not None and not db.parent.is_dir():
             _keep(path, records[n:], ids)
-            raise UserError(f"{db}: the MLflow store {len(records) - n} operations in {path} were kept for is gone "
+            raise UserError(f"{db}: the MLflow store {len(records) - n} operations in {queue} were kept for is gone "
                             f"(no folder {db.parent}); set their \"uri\" to where it is now and run `fcos-exp sync` "
                             "again")
         try:
@@ -88,6 +150,9 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int, li
                 ids[rec["run"]] = _create_once(c, rec, ids)
                 if (last_run() or ("",))[0] == rec["run"]:
                     write_run_file(ids[rec["run"]], uri)   # evaluate and visualize then log into the real run
+            elif run.startswith("pending-") and (real := _offline_run(c, run)):   # its create sent by an earlier sync
+                ids[rec["run"]] = real
+                apply(c, real, rec["op"], rec["payload"])
             elif run.startswith("pending-") or run in gone or not run_exists(c, run):
                 gone.add(run)
                 dropped += 1
@@ -106,7 +171,7 @@ def sync_pending(path: Path | None = None) -> tuple[int, dict[str, str], int, li
             _keep(path, records[n:], ids)
             first = str(e).splitlines()[0][:150] if str(e) else ""
             raise UserError(f"{uri}: MLflow unreachable or refused the data ({type(e).__name__}: {first}); "
-                            f"{len(records) - n} operations kept in {path}") from None
+                            f"{len(records) - n} operations kept in {queue}") from None
         except BaseException:   # Ctrl-C, SIGTERM: what was sent is not sent again by the next sync
             _keep(path, records[n:], ids)
             raise
@@ -130,6 +195,13 @@ def _create_once(c, rec: dict, ids: dict[str, str]) -> str:
         return found[0].info.run_id
     tags = {k: ids.get(v, v) for k, v in (rec["payload"].get("tags") or {}).items()}
     return create_run(c, {**rec["payload"], "tags": {**tags, OFFLINE_ID_TAG: rec["run"]}})
+
+
+def _offline_run(c, pending: str) -> str | None:
+    """The run an earlier sync created for the offline run `pending` (by its tag), in any experiment."""
+    experiments = [e.experiment_id for e in c.search_experiments()]
+    found = c.search_runs(experiments, f"tags.{OFFLINE_ID_TAG} = '{pending}'", max_results=1) if experiments else []
+    return found[0].info.run_id if found else None
 
 
 def _keep(path: Path, left: list[dict], ids: dict[str, str]) -> None:
