@@ -35,6 +35,28 @@ def weights_checkpoint(model: FCOS, classes: list[str], **meta) -> dict:
     return {"model": model.state_dict(), "model_config": model.config.to_dict(), "classes": list(classes), **meta}
 
 
+def best_mismatch(best: dict, last: dict) -> str | None:
+    """Why the checkpoint `best` is not the best epoch the last checkpoint `last` of a training records (None
+    when it is): its `best` record (metric, epoch, value) differs, or the best epoch is the last one and the
+    weights differ (a best checkpoint of an earlier training can carry the same record). `last` may be
+    loaded with mmap: only the weights of such an epoch are read."""
+    want, have = last.get("best") or {}, best.get("best") or {}
+    key = lambda r: (r.get("metric"), r.get("epoch"), r.get("value"))
+    if key(have) != key(want):
+        held = f"epoch {have.get('epoch')} ({have.get('metric')} {have.get('value')})" if have else "no best record"
+        wanted = f"epoch {want['epoch']} ({want['metric']} {want['value']})" if want.get("epoch") else \
+            "no validated epoch yet"
+        return f"it holds {held}, the training of the last checkpoint records {wanted}"
+    if want.get("epoch") == last.get("epoch") and not _same_weights(best.get("model", {}), last.get("model", {})):
+        return (f"it holds other weights than epoch {want['epoch']} of the last checkpoint, the best one it records "
+                "(an earlier training's)")
+    return None
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(v.to(b[k].device), b[k]) for k, v in a.items())
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Atomic save of `state` with every tensor on the CPU: a crash mid-write leaves the previous checkpoint
     intact, and a plain torch.load(path, weights_only=True) reads it on a machine without a GPU. A failed
@@ -45,11 +67,23 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         with atomic_write(path, "wb") as f:
             torch.save(_to_cpu(state), f)
     except (RuntimeError, OSError) as e:   # torch reports a failed write as RuntimeError ("[enforce fail at ...")
+        e = _os_error(e)
         code = getattr(e, "errno", None) or (errno.ENOSPC if _full(path) else errno.EIO)
         why = os.strerror(code) if code == errno.ENOSPC or isinstance(e, OSError) else \
             re.sub(r"\[enforce fail at [^\]]*\]\s*", "", str(e).splitlines()[0])[:120]
         kept = "the previous checkpoint is kept" if existed else "there is no earlier checkpoint"
         raise OSError(code, f"checkpoint not written ({why}); {kept}", str(path)) from None
+
+
+def _os_error(e: BaseException) -> BaseException:
+    """The OSError behind torch's RuntimeError, when the write that failed was Python's (it is the context of
+    the RuntimeError: "unexpected pos ..." says nothing of a full disk), else `e`."""
+    seen = e
+    for _ in range(8):   # a short chain; a cycle stops here
+        if seen is None or isinstance(seen, OSError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    return seen if isinstance(seen, OSError) else e
 
 
 def _full(path: Path) -> bool:

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import distributed as dist
 from .callbacks import Callback, CallbackList, StopTraining, TrainState
-from .checkpoint import load_checkpoint, save_checkpoint, weights_checkpoint
+from .checkpoint import best_mismatch, load_checkpoint, save_checkpoint, weights_checkpoint
 from .coco_eval import coco_evaluate
 from .config import TrainConfig
 from .errors import InputError
@@ -85,8 +85,11 @@ def _cpu_has_bf16() -> bool:
 @functools.cache
 def resolve_amp(amp: str, device: torch.device) -> str:
     """`amp` as it runs on `device`: "auto" is bf16 where the device computes it natively (a CUDA GPU with
-    bf16, a CPU with AVX512-BF16 or AMX), fp16 on other CUDA GPUs (with the GradScaler), else none; any other
-    value as given."""
+    bf16, a CPU with AVX512-BF16 or AMX), fp16 on other CUDA GPUs (with the GradScaler), else none; fp16
+    elsewhere than on CUDA runs float32 (autocast_for leaves it off, so a CUDA config runs anywhere): none;
+    any other value as given."""
+    if amp == "fp16" and device.type != "cuda":
+        return "none"
     if amp != "auto":
         return amp
     if device.type == "cuda":
@@ -267,15 +270,16 @@ def _new_best(cfg: TrainConfig) -> dict:
 
 def _restore_best_file(best_path: Path, best: dict, model, classes, ckpt: dict, checkpoint_path: Path) -> None:
     """On resume: the best checkpoint must hold the best epoch the last checkpoint records. The last
-    checkpoint is written first, so a kill between the two writes leaves the best epoch = the last one, whose
-    weights are at hand: they are written again; any other mismatch cannot be repaired."""
-    try:
-        on_disk = load_checkpoint(best_path).get("best") or {}
-    except (FileNotFoundError, InputError):
-        on_disk = {}
-    if (on_disk.get("epoch"), on_disk.get("value")) == (best["epoch"], best["value"]):
-        return
+    checkpoint is written first, so a kill (or a full disk) between the two writes leaves the best epoch = the
+    last one, whose weights are at hand: they are written again, always (a best checkpoint of an earlier
+    training can carry the same record, epoch 1 with AP 0 say); any other mismatch cannot be repaired."""
     if best["epoch"] != ckpt["epoch"]:
+        try:
+            on_disk = load_checkpoint(best_path)
+        except (FileNotFoundError, InputError):
+            on_disk = {}
+        if best_mismatch(on_disk, ckpt) is None:
+            return
         raise InputError(f"{best_path}: does not hold epoch {best['epoch']}, the best one {checkpoint_path} records, "
                          "and cannot be rebuilt: train from the start")
     save_checkpoint(best_path, weights_checkpoint(model, classes, epoch=ckpt["epoch"], global_step=ckpt["global_step"],

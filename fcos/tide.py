@@ -127,7 +127,7 @@ def tide(gt: dict, detections: np.ndarray, max_dets: int = MAX_DETS, pos_thresh:
     det_ignored = np.zeros(n, bool)
     det_ignored[order] = m.ignored
     det_gt = np.full(n, -1, np.int64)
-    det_gt[order] = np.where(m.gt >= 0, g.ann_index[np.maximum(m.gt, 0)], -1)
+    det_gt[order] = _take(g.ann_index, m.gt)
     counts = np.zeros((len(g.image_ids), len(MAIN_ERRORS)), np.int64)
     errs = m.code >= 0
     np.add.at(counts, (s_img[errs], m.code[errs]), 1)
@@ -326,7 +326,7 @@ class _Scenarios:
     def __init__(self, g: _Truth, score, cls, m: _Matches, fixable, missed, found):
         self.g = g
         counted = (m.code != NOT_EVALUATED) & ~m.ignored      # the points tidecv's AP data holds
-        gt_cls = np.where(m.gt >= 0, g.cls[np.maximum(m.gt, 0)], -1)
+        gt_cls = _take(g.cls, m.gt)
         fixed_cls = np.where(m.code == CLS, gt_cls, cls)        # where a fixed Cls error lands
         orig, alt = np.flatnonzero(counted), np.flatnonzero(fixable)
         both = np.concatenate((orig, alt))
@@ -376,6 +376,13 @@ class _Scenarios:
                 aps[c] = 0.0
         present = ~np.isnan(aps)
         return (float(aps[present].mean()) if present.any() else None), aps
+
+
+def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """values[rows] where rows >= 0, else -1 (values may be empty: a ground truth without boxes)."""
+    out = np.full(len(rows), -1, np.int64)
+    out[rows >= 0] = values[rows[rows >= 0]]
+    return out
 
 
 def _stable(key: np.ndarray, rows: np.ndarray) -> np.ndarray:

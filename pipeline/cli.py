@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import UserError
+from .errors import UserError, machine_problem
 from .paths import MODEL, ONNX_MODEL, PARAMS, PENDING_FILE, PREDICTIONS, REPORTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -43,6 +43,9 @@ def _user_errors(interrupted: str = "interrupted"):
     except Exception as e:
         if os.environ.get("FCOS_EXP_DEBUG"):
             raise
+        if machine_problem(e):
+            typer.echo(f"error: {machine_problem(e)}", err=True)
+            raise typer.Exit(2) from None
         first = (str(e).splitlines() or [""])[0][:300]
         typer.echo(f"error: internal error, a bug in fcos-exp: {type(e).__name__}: {first} (FCOS_EXP_DEBUG=1 shows "
                    "the traceback; please report it)", err=True)
@@ -173,12 +176,12 @@ def sync(params: ParamsOpt = PARAMS):
     """Send tracking data kept in models/mlflow_pending.jsonl while the MLflow server was unreachable."""
     with _user_errors():
         _setup(params)
-        from .tracking import sync_pending, tracking_uri
-        sent, ids, dropped = sync_pending()
+        from .tracking import sync_pending
+        sent, ids, dropped, stores = sync_pending()
         if not sent and not dropped:
             typer.echo(f"nothing to sync ({PENDING_FILE} is absent)", err=True)
         else:
-            typer.echo(f"sent {sent} tracking operations to {tracking_uri()}"
+            typer.echo(f"sent {sent} tracking operations to {', '.join(stores)}"
                        + (f"; new runs: {', '.join(ids.values())}" if ids else "")
                        + (f"; dropped {dropped} of runs that no longer exist" if dropped else ""), err=True)
 

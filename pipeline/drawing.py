@@ -7,18 +7,54 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+MAX_SIDE = 1024     # the long side of an image drawn in a figure: small images are enlarged up to it, larger reduced
+MOSAIC_MAX = 16     # panels in a mosaic (the first ones): hundreds make an image viewers refuse (PIL: ~180 MP)
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
            (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
            (0, 0, 128), (128, 128, 128)]
 
 
-def draw_boxes(image: Image.Image, boxes, labels, classes: list[str], scores=None, min_side: int = 0) -> Image.Image:
-    """A copy of image with each box outlined in its class colour and labelled 'class score'; an image whose
-    short side is under `min_side` pixels is enlarged by a whole factor first, so that labels do not hide it."""
+def save_image(image: Image.Image, path: Path) -> None:
+    """image written atomically in its extension's format: a full disk leaves no half image and names the file."""
+    from fcos.files import atomic_write
+    with atomic_write(path, "wb") as f:
+        image.save(f, format=Image.registered_extensions().get(path.suffix.lower()))
+
+
+def figure_scale(size: tuple[int, int], min_side: int) -> float:
+    """The factor an image of `size` (w, h) is drawn at in a figure: a whole one enlarging its short side to
+    `min_side` pixels (so that labels do not hide it), but never past MAX_SIDE on its long side, where a
+    larger image is reduced (a 2 x 2000 strip or a 6000 x 4000 photo would otherwise take gigabytes)."""
+    up = max(1, -(-min_side // max(1, min(size))))
+    return min(up, MAX_SIDE / max(size))
+
+
+def scaled(image: Image.Image, scale: float) -> Image.Image:
+    """An RGB copy of image resized by `scale` (pixels kept sharp when enlarged)."""
     img = image.convert("RGB")
-    scale = max(1, -(-min_side // min(img.size)))
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img.copy()
+    if scale == 1:
+        return img.copy()
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
+
+
+def mosaic(images: list[Image.Image], cols: int = 2) -> Image.Image:
+    """The first MOSAIC_MAX images in a grid of `cols` columns, each in a cell of the largest one's size."""
+    images = images[:MOSAIC_MAX]
+    w, h = max(im.width for im in images), max(im.height for im in images)
+    rows = -(-len(images) // cols)
+    out = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
+    for k, im in enumerate(images):
+        out.paste(im, ((k % cols) * w, (k // cols) * h))
+    return out
+
+
+def draw_boxes(image: Image.Image, boxes, labels, classes: list[str], scores=None, min_side: int = 0) -> Image.Image:
+    """A copy of image with each box outlined in its class colour and labelled 'class score'. min_side > 0: a
+    figure, the image drawn at `figure_scale`; 0: at its own size (predict's output)."""
+    scale = figure_scale(image.size, min_side) if min_side else 1
+    img = scaled(image, scale)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()

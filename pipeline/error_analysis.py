@@ -20,6 +20,7 @@ from fcos.files import atomic_write
 from fcos.tide import MAIN_ERRORS, MISS, NOT_EVALUATED, SPECIAL_ERRORS, TP, tide, worst_images
 
 from .artifacts import write_json
+from .drawing import MOSAIC_MAX
 from .eval_protocol import LABELS, protocol, summary, voc_metrics, voc_results
 from .paths import ERRORS_METRICS, ERRORS_PER_IMAGE_CSV, EVAL_PLOTS, WORST_IMAGES
 
@@ -69,7 +70,8 @@ class Analysis:
                          "dAP50 are n/a; tidecv counts a class detected but absent as AP 0 in its mean)")
         worst = e["worst"]["images"]
         lines.append(f"TIDE errors in {e['seconds']:.2f} s: {ERRORS_METRICS}, {ERRORS_FIGURE}; "
-                     + (f"the {len(worst)} worst images in {WORST_IMAGES}/mosaic.png" if worst else
+                     + (f"the {len(worst)} worst images in {WORST_IMAGES}/ (mosaic.png: "
+                        f"{'all' if len(worst) <= MOSAIC_MAX else f'the first {MOSAIC_MAX}'})" if worst else
                         "no worst images drawn (none with an error, or eval.worst_images 0)")
                      + f"; every image's errors in {ERRORS_PER_IMAGE_CSV}")
         return lines
@@ -172,7 +174,8 @@ def _draw_worst(r, gt: dict, dets: np.ndarray, records: list, worst: list[dict])
         return
     from fcos.data import load_image
 
-    from .figures_errors import mosaic, worst_image
+    from .drawing import mosaic, save_image
+    from .figures_errors import worst_image
     names = {c["id"]: c["name"] for c in gt["categories"]}
     by_id = {rec.image_id: rec for rec in records}
     wanted = {w["image_id"] for w in worst}
@@ -196,9 +199,9 @@ def _draw_worst(r, gt: dict, dets: np.ndarray, records: list, worst: list[dict])
         caption = (f"#{w['rank']} image {image_id} ({w['file']}): about {w['AP50_lost']:.4f} AP50 lost\n"
                    f"errors: {counts}")
         panel = worst_image(load_image(by_id[image_id].file), truth, found, caption)
-        panel.save(WORST_IMAGES / f"{w['rank']:02d}_{Path(w['file'] or str(image_id)).stem}.png")
-        panels.append(panel)
-    mosaic(panels).save(WORST_IMAGES / "mosaic.png")
+        save_image(panel, WORST_IMAGES / f"{w['rank']:02d}_{Path(w['file'] or str(image_id)).stem}.png")
+        panels += [panel][:MOSAIC_MAX - len(panels)]   # only what the mosaic holds stays in memory
+    save_image(mosaic(panels), WORST_IMAGES / "mosaic.png")
 
 
 def _xyxy(b) -> tuple[float, float, float, float]:

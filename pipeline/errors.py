@@ -8,3 +8,19 @@ class UserError(Exception):
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
         self.code = code
+
+
+def machine_problem(e: BaseException) -> str | None:
+    """The one line for an error that is the machine's doing though it does not say so: a data loader worker
+    killed (the kernel's out-of-memory killer, a bus error when /dev/shm is full) reaches the training loop as
+    torch's RuntimeError, raised by its SIGCHLD handler wherever the loop happens to be; a worker that finds
+    /dev/shm full, as a RuntimeError re-raised from the worker. None otherwise."""
+    lines = str(e).strip().splitlines() or [""]
+    if isinstance(e, RuntimeError) and lines[0].startswith("DataLoader worker (pid"):
+        return (f"{lines[0].rstrip('. ')}: a data loader worker process died (out of memory? lower data.num_workers "
+                "or the batch size)")
+    if isinstance(e, RuntimeError) and "shared memory" in lines[-1] and "No space left" in lines[-1]:
+        return (f"{lines[-1].removeprefix('RuntimeError: ')}: /dev/shm, where loader workers hand over batches, is "
+                "full (a container's default is 64 MB): enlarge it (docker run --shm-size) or lower data.num_workers "
+                "(0: no workers)")
+    return None

@@ -23,9 +23,18 @@ def extra_callbacks() -> list[Callback]:
             factory = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError, ValueError) as e:
             raise UserError(f"{ENV}: {spec!r} is not an importable module:factory ({e})") from None
-        made = factory()
+        except Exception as e:   # the user's module fails on import (a SyntaxError, its own error): theirs to fix
+            raise UserError(f"{ENV}: importing {module} raised {type(e).__name__}: {_first_line(e)}") from e
+        try:
+            made = factory()
+        except Exception as e:   # not callable, wants arguments, fails: the factory's problem, not fcos-exp's
+            raise UserError(f"{ENV}: calling {spec} raised {type(e).__name__}: {_first_line(e)}") from e
         made = made if isinstance(made, (list, tuple)) else [made]
         if not all(isinstance(c, Callback) for c in made):
             raise UserError(f"{ENV}: {spec} returned {made!r}, not fcos.callbacks.Callback objects")
         found += made
     return found
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0][:200]

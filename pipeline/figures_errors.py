@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fcos.tide import MAIN_ERRORS, SPECIAL_ERRORS
 
-from .drawing import side_by_side
+from .drawing import figure_scale, scaled, side_by_side
 from .mpl import plt, save
 
 # One colour per outcome, the same in the bars, the heat map's labels and the drawn boxes.
@@ -20,7 +20,7 @@ MEANING = {"TP": "true positive", "Cls": "wrong class", "Loc": "loose box", "Bot
            "Dupe": "duplicate", "Bkg": "background", "Miss": "missed box"}
 GT_LEGEND = {"TP": "found", "Miss": "missed (Miss)", "unmatched": "not found, but a Cls or Loc error points at it",
              "crowd": "crowd region (ignored)"}
-MIN_SIDE = 320        # worst images are drawn at least this large (the embedded 128-px ones x3)
+MIN_SIDE = 320        # worst images are drawn at least this large (the embedded 128-px ones x3; drawing.figure_scale)
 MAX_ERRORS_DRAWN = 12  # error detections drawn per image, best scores first (the ones costing most)
 
 
@@ -82,11 +82,10 @@ def _label(draw, xy, text: str, colour, font, taken: list) -> None:
     draw.text((x, y), text, fill=(0, 0, 0) if sum(colour) > 300 else (255, 255, 255), font=font)
 
 
-def _panel(image: Image.Image, boxes: list[tuple], scale: int) -> Image.Image:
-    """image with (x1, y1, x2, y2, colour name, text, width) boxes, enlarged by `scale`; later boxes and
+def _panel(image: Image.Image, boxes: list[tuple], scale: float) -> Image.Image:
+    """image with (x1, y1, x2, y2, colour name, text, width) boxes, resized by `scale`; later boxes and
     their labels on top."""
-    img = image.convert("RGB")
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img.copy()
+    img = scaled(image, scale)
     d, font = ImageDraw.Draw(img), _font()
     base = max(2, round(max(img.size) / 250))
     for x1, y1, x2, y2, colour, _, width in boxes:   # a dark rim keeps every colour visible on any background
@@ -103,7 +102,7 @@ def worst_image(image: Image.Image, truth: list[dict], detections: list[dict], c
     """Left the ground truth (found, Miss, unmatched but pointed at by a Cls/Loc error, crowd), right the
     true positives and the best-scored error detections labelled `type class score`; a caption above and
     the colour legend below. truth: {box x1y1x2y2, name, state}; detections: {box, name, score, type}."""
-    scale = max(1, -(-MIN_SIDE // min(image.size)))
+    scale = figure_scale(image.size, MIN_SIDE)
     gt_boxes = [(*t["box"], t["state"] if t["state"] != "found" else "TP",
                  t["name"] if t["state"] == "found" else f"{t['state']} {t['name']}", 1) for t in truth]
     errors = sorted((d for d in detections if d["type"] != "TP"), key=lambda d: -d["score"])[:MAX_ERRORS_DRAWN]
@@ -137,13 +136,4 @@ def _framed(panels: Image.Image, caption: str) -> Image.Image:
             d.rectangle([x, y + 1, x + 11, y + 12], fill=COLOURS[name], outline=(0, 0, 0))
             d.text((x + 15, y), text, fill=(0, 0, 0), font=font)
             x += 26 + int(d.textlength(text, font=font))
-    return out
-
-
-def mosaic(images: list[Image.Image], cols: int = 2) -> Image.Image:
-    w, h = max(im.width for im in images), max(im.height for im in images)
-    rows = -(-len(images) // cols)
-    out = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
-    for k, im in enumerate(images):
-        out.paste(im, ((k % cols) * w, (k // cols) * h))
     return out

@@ -53,11 +53,36 @@ def load_trained(params: Params, path: Path | None = None, device=None) -> Train
     device = device or device_of(params, "eval")
     ckpt = load_checkpoint(path, device)
     best = ckpt.get("best") or {}
-    if path.resolve() == BEST_MODEL.resolve() and best.get("epoch") is None:
-        raise UserError(f"{path}: training recorded no validation {best.get('metric', 'value')}, so it holds the last "
-                        "epoch, not a best one: set train.eval_every > 0 (validation) and train again, or set "
-                        "eval.checkpoint: last")
+    if path.resolve() == BEST_MODEL.resolve():
+        if best.get("epoch") is None:
+            metric = best.get("metric", "value")
+            every = (ckpt.get("train_config") or {}).get("eval_every") or 0
+            validated = every and (ckpt.get("epoch") or 0) >= every   # validation ran, but gave no value
+            fix = (f"validation gave no {metric} value (the validation split holds no object it measures): choose "
+                   "another train.best_metric and train again" if validated else
+                   "set train.eval_every > 0 (validation) and train again")
+            raise UserError(f"{path}: training recorded no validation {metric}, so it holds the last epoch, not a "
+                            f"best one: {fix}, or set eval.checkpoint: last")
+        _check_best_of_last(path, ckpt)
     model = model_from_checkpoint(ckpt, device)
     model.set_decoding(**asdict(params.decode))
     return Trained(for_inference(model, winograd=params.eval.winograd), list(ckpt["classes"]), device,
                    resolve_amp(params.eval.amp, device))
+
+
+def _check_best_of_last(path: Path, ckpt: dict) -> None:
+    """UserError when the best checkpoint is not the best epoch of the training models/model.pt holds: one of
+    an earlier training, left by a training killed (or stopped by a full disk) before it wrote its own."""
+    import torch
+
+    from fcos.checkpoint import best_mismatch
+    if not MODEL.is_file():
+        return
+    try:
+        last = torch.load(MODEL, map_location="cpu", weights_only=True, mmap=True)   # reads only what is compared
+    except Exception:   # a damaged last checkpoint says nothing about this one
+        return
+    why = best_mismatch(ckpt, last) if isinstance(last, dict) else None
+    if why:
+        raise UserError(f"{path}: not the best epoch of the training in {MODEL} ({why}): `fcos-exp train --resume` "
+                        "finishes that training and writes its best epoch, or set eval.checkpoint: last")

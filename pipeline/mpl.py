@@ -11,9 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 
 def save(fig, path: Path, dpi: float | None = None) -> Path:
-    """Lay out, write (parent folders made) and close the figure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Lay out, write (parent folders made; atomically: a full disk leaves no half figure and names the file)
+    and close the figure."""
+    from fcos.files import atomic_write
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format=path.suffix.lstrip(".") or None, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path

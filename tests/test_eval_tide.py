@@ -203,3 +203,11 @@ def test_no_images_gives_no_values():
     r = tide(coco({}), np.zeros((0, 7)))
     assert r.ap is None and set(r.main.values()) == {None} and r.counts == dict.fromkeys(MAIN_ERRORS, 0)
     assert len(r.image_ids) == 0 and len(worst_images(r, 3)) == 0
+
+
+def test_no_boxes_at_all_every_detection_is_background():
+    """Images without any box (tidecv itself divides by zero here, fixing Bkg leaving no class to average)."""
+    dets = np.array([[1, 0, 0, 20, 20, 0.9, 1], [2, 5, 5, 10, 10, 0.4, 2]])
+    r = tide(coco({1: [], 2: []}), dets)
+    assert r.ap == 0.0 and r.counts["Bkg"] == 2 and r.main["Bkg"] is None and r.main["Cls"] == 0
+    assert list(r.det_code) == [BKG, BKG] and list(r.det_gt) == [-1, -1]

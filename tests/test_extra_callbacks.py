@@ -31,3 +31,20 @@ def test_a_wrong_name_is_one_line(monkeypatch, spec, says):
         extra_callbacks()
     assert "\n" not in str(e.value) and ENV in str(e.value)
 
+
+@pytest.mark.parametrize("source, spec, says", [
+    ("def f(:\n", "m:f", "importing m raised SyntaxError: invalid syntax"),
+    ("raise RuntimeError('no GPU here')\n", "m:f", "importing m raised RuntimeError: no GPU here"),
+    ("f = 5\n", "m:f", "calling m:f raised TypeError: 'int' object is not callable"),
+    ("def f(x):\n    return x\n", "m:f", "calling m:f raised TypeError: f() missing 1 required positional argument"),
+    ("def f():\n    raise ValueError('bad setting')\n", "m:f", "calling m:f raised ValueError: bad setting")],
+    ids=["syntax-error", "import-raises", "not-callable", "wants-an-argument", "factory-raises"])
+def test_a_failing_module_or_factory_of_the_user_is_one_line_naming_it(monkeypatch, tmp_path, source, spec, says):
+    """Errors of the user's own module or factory were reported as an internal error, a bug in fcos-exp."""
+    (tmp_path / "m.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(ENV, spec)
+    monkeypatch.delitem(__import__("sys").modules, "m", raising=False)
+    with pytest.raises(UserError) as e:
+        extra_callbacks()
+    assert str(e.value).startswith(f"{ENV}: {says}") and "\n" not in str(e.value)

@@ -2,6 +2,7 @@
 `fcos-exp report` did not write (listed in `--out`/.fcos-exp-report) are never replaced or deleted."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fcos.files import atomic_write
+
 from ..errors import UserError
 
 MANIFEST = ".fcos-exp-report"   # the files (relative paths) the last report wrote into its folder
@@ -17,11 +20,21 @@ OWNED = ("report.md", "report.html", "assets")
 
 
 def _written(out: Path) -> set[str]:
+    """The manifest's names that a report can have written: paths under report.md, report.html or assets/,
+    reached without leaving `out` (no "..", no absolute path, no linked folder on the way). A damaged or
+    hostile manifest names nothing else, so publishing never deletes a file beside or outside the report."""
     try:
         names = json.loads((out / MANIFEST).read_text())
-        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
     except (OSError, ValueError):
         return set()
+    return {n for n in names if isinstance(n, str) and _ours(out, n)} if isinstance(names, list) else set()
+
+
+def _ours(out: Path, name: str) -> bool:
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or parts[0] not in OWNED or any(p in ("..", ".") for p in parts):
+        return False
+    return not any((out / Path(*parts[:i])).is_symlink() for i in range(1, len(parts)))
 
 
 def _files(path: Path, root: Path) -> list[str]:
@@ -49,6 +62,10 @@ def staging(out: Path) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield stage
+    except OSError as e:   # a failed write (a full disk) names no file, or a staging one: the report's folder
+        if e.filename is None or str(e.filename).startswith(str(stage)):
+            raise OSError(e.errno, f"{e.strerror} (writing the report)", str(out)) from None
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -67,5 +84,18 @@ def publish(stage: Path, out: Path) -> None:
     new = [f for name in OWNED for f in _files(stage / name, stage)]
     for name in new:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(stage / name, out / name)
+        _move(stage / name, out / name)
     (out / MANIFEST).write_text(json.dumps(new, indent=0))
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename src to dst; where dst is on another filesystem (--out links to, or is, another disk's folder),
+    copy it to a temp file there and rename that, so dst is never seen half written."""
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        with open(src, "rb") as f, atomic_write(dst, "wb") as g:
+            shutil.copyfileobj(f, g)
+        src.unlink()

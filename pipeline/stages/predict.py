@@ -81,7 +81,7 @@ def run(params: Params, console, inputs: list[Path], out_dir: Path, score_thresh
     from fcos.data import DataError, load_image
     from fcos.export import OnnxRunError
 
-    from ..drawing import draw_boxes
+    from ..drawing import draw_boxes, save_image
     from ..eval_analysis import NO_F1_THRESH, class_thresholds
     from ..progress import bar
 
@@ -117,7 +117,7 @@ def run(params: Params, console, inputs: list[Path], out_dir: Path, score_thresh
                 raise UserError(f"{e} ({f})", code=1) from None
             keep = det["scores"] >= thresh[det["labels"]]
             boxes, scores, labels = (det[k][keep] for k in ("boxes", "scores", "labels"))
-            draw_boxes(image, boxes, labels, classes, scores).save(out)
+            save_image(draw_boxes(image, boxes, labels, classes, scores), out)
             results.append({"file": str(f), "output": str(out), "width": image.width, "height": image.height,
                             "detections": [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4),
                                             "label": classes[int(c)]}

@@ -4,10 +4,17 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from ..artifacts import load_dataset
-from ..drawing import draw_boxes, per_class_bars, read_steps, side_by_side, training_curves
+from ..drawing import (
+    MOSAIC_MAX,
+    draw_boxes,
+    mosaic,
+    per_class_bars,
+    read_steps,
+    save_image,
+    side_by_side,
+    training_curves,
+)
 from ..eval_analysis import class_thresholds
 from ..inference import load_trained
 from ..paths import DETECTIONS, EVAL_METRICS, STEPS_CSV, TRAINING_FIGURES
@@ -26,16 +33,6 @@ def pick_images(records, n: int) -> list[int]:
     chosen = singles[: n // 2]
     chosen += [i for i in crowded if i not in chosen][: n - len(chosen)]
     return chosen
-
-
-def mosaic(images: list[Image.Image], cols: int = 2) -> Image.Image:
-    w = max(im.width for im in images)
-    h = max(im.height for im in images)
-    rows = -(-len(images) // cols)
-    out = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
-    for k, im in enumerate(images):
-        out.paste(im, ((k % cols) * w, (k // cols) * h))
-    return out
 
 
 def run(params: Params, console) -> dict:
@@ -64,10 +61,10 @@ def run(params: Params, console) -> dict:
         pred = draw_boxes(image, det["boxes"][keep].cpu(), det["labels"][keep].cpu(), classes,
                           det["scores"][keep].cpu(), min_side=MIN_SIDE)
         panel = side_by_side(gt, pred)
-        panel.save(DETECTIONS / f"{r.file.stem}.png")
-        panels.append(panel)
+        save_image(panel, DETECTIONS / f"{r.file.stem}.png")
+        panels += [panel][:MOSAIC_MAX - len(panels)]   # only what the mosaic holds stays in memory
     if panels:
-        mosaic(panels).save(DETECTIONS / "mosaic.png")
+        save_image(mosaic(panels), DETECTIONS / "mosaic.png")
     with Tracker(params, new_run=False) as tracker:
         tracker.log_artifact(TRAINING_FIGURES, "figures")
         tracker.log_artifact(DETECTIONS, "detections")

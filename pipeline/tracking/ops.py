@@ -35,7 +35,7 @@ def apply(c, run_id: str, op: str, payload) -> None:
         else:
             c.log_artifact(run_id, payload["path"], payload["folder"])
     elif op == "table":
-        c.log_table(run_id, payload["data"], payload["name"])
+        _log_table(c, run_id, payload["data"], payload["name"])
     elif op == "dataset":
         from mlflow.entities import Dataset, DatasetInput
         c.log_inputs(run_id, [DatasetInput(Dataset(payload["name"], payload["digest"], "local", payload["source"]))])
@@ -48,11 +48,13 @@ def apply(c, run_id: str, op: str, payload) -> None:
         try:
             _log_model_file(c, model.model_id, payload["path"])
             c.finalize_logged_model(model.model_id, "READY")
-        except Exception as e:   # no half-logged model left PENDING beside the one a later sync logs
+        except BaseException as e:   # no half-logged model left PENDING beside the one a later sync logs
             try:
                 c.delete_logged_model(model.model_id)
             except Exception:
                 pass
+            if not isinstance(e, Exception):   # Ctrl-C, SIGTERM: stopped, not failed
+                raise
             error = RuntimeError(f"{payload['path']}: not logged as the run's model ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:150] if str(e) else ''})")
             error.error_code = getattr(e, "error_code", None)   # a refusal stays one (offline.sync_pending)
@@ -62,11 +64,34 @@ def apply(c, run_id: str, op: str, payload) -> None:
         raise ValueError(f"unknown tracking operation {op!r}")
 
 
+def _log_table(c, run_id: str, data: dict, name: str) -> None:
+    """A table of columns as MLflow's log_table stores it (pandas' "split" JSON, listed in the run's
+    mlflow.loggedArtifacts tag for the UI), but replacing the run's table of that name: log_table appends to it,
+    so evaluating into a run again, or a sync sending the table again, doubled its rows."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        path.write_text(json.dumps({"columns": list(data), "data": [list(row) for row in zip(*data.values())]}))
+        folder = str(Path(name).parent)
+        c.log_artifact(run_id, str(path), None if folder == "." else folder)
+    listed = json.loads(c.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    if {"path": name, "type": "table"} not in listed:
+        c.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*listed, {"path": name, "type": "table"}]))
+
+
 def _log_model_file(c, model_id: str, path: str) -> None:
     """log_model_artifacts takes a folder: give it one holding only the checkpoint (a link, not a copy)."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / Path(path).name).symlink_to(path)
         c.log_model_artifacts(model_id, tmp)
+
+
+def refused(e: Exception) -> bool:
+    """MLflow answered that the data itself is invalid, or that its run is gone (deleted in the UI): sending it
+    again can never succeed, unlike a server that did not answer."""
+    return getattr(e, "error_code", None) in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
 
 
 def run_exists(c, run_id: str) -> bool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..paths import PENDING_FILE, RUN_FILE
 from .offline import append_pending, pending_steps
-from .ops import apply, create_run, metric_name
+from .ops import apply, create_run, metric_name, refused
 from .runfile import last_run, write_run_file
 from .store import client, tracking_uri
 
@@ -37,6 +37,7 @@ class Tracker:
         self.uri: str | None = None
         self.system_metrics = system_metrics
         self.status: str | None = None   # the state the run ends in; by default FINISHED, FAILED on an error
+        self.told_refused = False
 
     def __enter__(self) -> Tracker:
         if not self.enabled:
@@ -146,8 +147,18 @@ class Tracker:
                 apply(self.client, self.run_id, op, payload)
                 return
             except Exception as e:
+                if refused(e):   # MLflow answered: keeping it for `fcos-exp sync` would only be refused again
+                    self._refused(op, e)
+                    return
                 self._go_offline(e)
         append_pending(self.run_id, op, payload, self.uri)
+
+    def _refused(self, op: str, error: Exception) -> None:
+        if not self.told_refused:   # told once
+            self.told_refused = True
+            sys.stderr.write(f"warning: MLflow at {self.uri} refused the {op} of run {self.run_id} (and may refuse "
+                             f"what follows): {(str(error).splitlines() or [''])[0][:200]}; not kept, as MLflow would "
+                             "refuse it again (a run deleted in MLflow: restore it, or train again)\n")
 
     def _go_offline(self, error: Exception) -> None:
         if self.offline:   # told once

@@ -16,8 +16,9 @@ def write_run_file(run_id: str, uri: str) -> None:
 
 def last_run() -> tuple[str, str | None] | None:
     """(run id, tracking URI) of the last `fcos-exp train` in this folder, if any."""
+    from ..params import read_text_file  # a pipe there is refused, not waited on
     try:
-        saved = json.loads(RUN_FILE.read_text())
+        saved = json.loads(read_text_file(RUN_FILE))
         return str(saved["run_id"]), saved.get("tracking_uri")
     except (OSError, ValueError, KeyError, TypeError):
         return None

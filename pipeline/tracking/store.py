@@ -63,9 +63,13 @@ def client(uri: str | None = None):
         return MlflowClient(uri)
     if not db.exists() and not os.access(db.parent if db.parent.exists() else project_root(), os.W_OK):
         raise UserError(f"{db}: no MLflow store there and its folder cannot be written; set MLFLOW_TRACKING_URI")
+    if db.exists() and not db.is_file():   # sqlite would wait on a pipe forever
+        raise UserError(f"{db}: not a regular file (a pipe, device, socket or folder), so no MLflow store; "
+                        "set MLFLOW_TRACKING_URI")
     db.parent.mkdir(parents=True, exist_ok=True)
+    from ..artifacts import open_append
     try:
-        lock = open(db.with_name(db.name + ".lock"), "a")   # noqa: SIM115   (held for the `with` below only)
+        lock = open_append(db.with_name(db.name + ".lock"))   # held for the `with` below only
     except OSError:   # a read-only folder with an existing store: nothing will be created there
         return MlflowClient(uri)
     with lock:
