@@ -183,7 +183,7 @@ def test_yaml_merge_keys_are_read_and_a_key_given_twice_still_refused(project):
     assert r.exit_code == 0 and "nothing to sync" in r.stderr, r.stderr
     from pipeline.params import load_params
     p = load_params(project / "over.yaml")
-    assert p["eval"]["batch_size"] == 2 and p["eval"]["worst_images"] == 5
+    assert p.eval.batch_size == 2 and p.eval.worst_images == 5
     (project / "twice.yaml").write_text("base: params.yaml\neval:\n  <<: {batch_size: 2}\n  worst_images: 3\n"
                                         "  worst_images: 5\n")
     one_line(run_cli("sync", "--params", "twice.yaml"), "twice.yaml: not valid YAML (key 'worst_images' given twice")
