@@ -98,7 +98,7 @@ def test_config_runs_prepare_train_evaluate_on_real_voc_photos(config, tmp_path,
     wanted = load_params(config.relative_to(ROOT)).model
     for key in ("backbone", "fpn_channels", "head_convs", "max_size"):
         assert ckpt["model_config"][key] == getattr(wanted, key)
-    assert list(ckpt["model_config"]["min_size"]) == list(wanted["min_size"])
+    assert list(ckpt["model_config"]["min_size"]) == list(wanted.min_size)
 
 
 def test_imagenet_weights_offline_fail_in_one_line_saying_what_to_do(project, tmp_path):
