@@ -281,12 +281,14 @@ class WinogradTrainConv2d(nn.Conv2d):
 
 def use_winograd_in_training(module: nn.Module) -> int:
     """Make every plain 3x3 stride-1 Conv2d of `module` with >= MIN_CHANNELS input and output channels a
-    WinogradTrainConv2d sharing its Parameters, in place; returns the number replaced."""
+    WinogradTrainConv2d sharing its Parameters, in place; returns the number replaced. The new layers are built
+    on the meta device, so that their own (discarded) initialisation draws nothing from the RNG: a seed gives
+    the model the weights it gave before the replacement existed."""
     targets = [(name, m) for name, m in module.named_modules() if name and type(m) is nn.Conv2d
                and _is_3x3_same(m) and min(m.in_channels, m.out_channels) >= MIN_CHANNELS]
     for name, conv in targets:
         new = WinogradTrainConv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None,
-                                  device=conv.weight.device)
+                                  device="meta")
         new.weight, new.bias = conv.weight, conv.bias
         parent, _, leaf = name.rpartition(".")
         setattr(module.get_submodule(parent) if parent else module, leaf, new)

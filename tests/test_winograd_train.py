@@ -163,3 +163,18 @@ def test_inference_copies_take_the_inference_winograd_and_training_modules_behav
         assert not torch.equal(conv(x), direct)
         with torch.no_grad():
             assert torch.equal(conv(x), direct)
+
+
+def test_the_replacement_draws_nothing_from_the_rng():
+    """Building the Winograd training layers must not consume random numbers: the same seed gives the model
+    the weights of plain nn.Conv2d layers (the FPN and head, built after the backbone, included)."""
+    from fcos.winograd_train import use_winograd_in_training
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1))
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    again = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1))
+    assert use_winograd_in_training(again) == 2
+    assert torch.equal(torch.rand(3), after)
+    assert all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), again.state_dict().values()))
+    assert all(p.device.type == "cpu" for p in again.parameters())
