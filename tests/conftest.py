@@ -10,6 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 VOC_SAMPLE = ROOT.parent / "shared" / "data" / "voc2007-sample" / "VOCdevkit" / "VOC2007"
 VOC_MINI = ROOT / "tests" / "data" / "voc2007-mini" / "VOCdevkit" / "VOC2007"   # shipped: 12 of those images
 
+# Under pytest-xdist (`-n 2`, .ci/run) each worker and the processes its tests start get one thread: two
+# workers of 2 OpenMP threads each on 2 cores run several times slower than one. Set before torch loads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 # No telemetry and no network from the tracking tools in tests.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
