@@ -168,6 +168,8 @@ def set_values(path: str | Path, values: dict[str, Any]) -> None:
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 4096
+    # a null stays `null` (ruamel's round trip writes an empty value, which means the same but shows as a change)
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     _read_yaml(path)   # the checks every params file gets (size, regular file, YAML, no key twice)
     doc = rt.load(read_text_file(path))
     overlay = isinstance(doc, dict) and "base" in doc   # holds only some keys: the others are added to it

@@ -71,13 +71,17 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
     assert run_cli("tune", "--trials", "5").exit_code == 0
     assert len(journal_study(tune_project).get_trials()) == 5
 
+    before = (tune_project / "params.yaml").read_text().splitlines()
     r = run_cli("tune", "--apply")
     assert r.exit_code == 0, r.stderr
-    assert f"(trial {best['trial']}: AP50 {best['value']:.4f} on 50% of the training images; the params before, " \
-           f"trial 0: {best['baseline']['value']:.4f})" in r.stderr.replace("\n", " "), r.stderr
     from pipeline.params import load_params
     p = load_params("params.yaml")
+    assert f"(trial {best['trial']}: AP50 {best['value']:.4f} on {p.tune.train_fraction:.0%} of the training images; " \
+           f"the params before, trial 0: {best['baseline']['value']:.4f})" in r.stderr.replace("\n", " "), r.stderr
     assert p.train.lr == best["params"]["train.lr"] and p.train.epochs == best["params"]["train.epochs"]
+    after = (tune_project / "params.yaml").read_text().splitlines()
+    changed = [b.split(":")[0].strip() for b, a in zip(before, after, strict=True) if a != b]
+    assert set(changed) <= {"lr", "epochs", "backbone"}, changed   # the rest as it was: nulls stay `null`
 
 
 def worker(project, trials, extra=(), env=None):
