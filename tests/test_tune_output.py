@@ -19,6 +19,7 @@ def logged_project(project):
     import yaml
     p = yaml.safe_load((project / "params.yaml").read_text())
     p["train"]["epochs"] = 2
+    p["tune"]["train_fraction"] = 0.5   # the step counts below, whatever the default fidelity
     (project / "params.yaml").write_text(yaml.safe_dump(p))
     (project / "experiments").mkdir()
     (project / "experiments/tune_space.yaml").write_text(LR_SPACE)
