@@ -10,6 +10,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..artifacts import pid_alive
 from ..errors import UserError
 from ..paths import DEFAULT_JOURNAL
 
@@ -176,11 +177,7 @@ def _proc_stat(pid: int) -> tuple[str | None, int | None]:
 def _alive(pid: int, start: int | None = None) -> bool:
     """Whether the process that ran a trial still runs: not if the pid is gone, a zombie (killed, not yet
     reaped) or another process that got the same pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        pass
     state, now = _proc_stat(pid)
     return state != "Z" and (start is None or now in (None, start))
