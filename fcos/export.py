@@ -174,9 +174,9 @@ def match_detections(a: dict, b: dict) -> tuple[float, float] | None:
     box = score = 0.0
     for i in np.argsort(-a["scores"], kind="stable"):
         j = int(np.argmin(cost[i]))
-        if not np.isfinite(cost[i, j]) or (a_tail[i] and cost[i, j] > BOX_TOL):
-            if a_tail[i]:
-                continue
+        if a_tail[i] and cost[i, j] > BOX_TOL:   # a near-tie at the cut-off, its twin not kept by b
+            continue
+        if not np.isfinite(cost[i, j]):
             return None
         box, score = max(box, float(cost[i, j])), max(score, float(abs(a["scores"][i] - b["scores"][j])))
         cost[:, j], paired[j] = np.inf, True

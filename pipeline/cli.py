@@ -43,8 +43,8 @@ def _user_errors(interrupted: str = "interrupted"):
     except Exception as e:
         if os.environ.get("FCOS_EXP_DEBUG"):
             raise
-        if machine_problem(e):
-            typer.echo(f"error: {machine_problem(e)}", err=True)
+        if line := machine_problem(e):
+            typer.echo(f"error: {line}", err=True)
             raise typer.Exit(2) from None
         first = (str(e).splitlines() or [""])[0][:300]
         typer.echo(f"error: internal error, a bug in fcos-exp: {type(e).__name__}: {first} (FCOS_EXP_DEBUG=1 shows "
