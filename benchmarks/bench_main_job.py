@@ -1,13 +1,17 @@
 """The main job (`dvc repro` of the default params.yaml) of several commits, timed from fresh clones, interleaved
 (A B A B ...: the machine's speed drifts): wall seconds per stage and in all, and the test metrics it ends
 with. Each commit runs from its own clone through PYTHONPATH, in this environment (no install), with its own
-MLflow store; `--set key=value` changes params.yaml of every clone (e.g. train.amp=bf16, train.seed=1).
+MLflow store; `--set key=value` changes params.yaml of every clone (e.g. train.amp=bf16), and each
+`--grid key=v1,v2,...` makes a clone per value (of every commit; several grids: every combination), e.g.
+float32 against bfloat16 over three seeds: --grid train.amp=none,bf16 --grid train.seed=0,1,2.
 
-    python benchmarks/bench_main_job.py HEAD~3 HEAD [--rounds 2] [--set train.amp=bf16] [--json out.json]
+    python benchmarks/bench_main_job.py HEAD~3 HEAD [--rounds 2] [--set train.amp=bf16]
+                                        [--grid train.seed=0,1,2] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -22,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def clone(commit: str, where: Path, settings: list[str]) -> Path:
+    """A clone of `commit` under `where`, named by the commit and `settings`, which it applies."""
     sha = subprocess.run(["git", "rev-parse", "--short", commit], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.strip()
-    dst = where / sha
+    dst = where / "_".join([sha, *settings])
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dst)], check=True)
     subprocess.run(["git", "checkout", "-q", sha], cwd=dst, check=True)
     if settings:
@@ -67,11 +72,15 @@ def main() -> None:
     ap.add_argument("commits", nargs="+")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], help="key=value set in every clone's params.yaml")
+    ap.add_argument("--grid", action="append", default=[], help="key=v1,v2,...: a clone per value")
     ap.add_argument("--json")
     args = ap.parse_args()
-    print(f"main job (dvc repro --force) on {cpu_label()}; settings: {args.set or 'as committed'}")
+    print(f"main job (dvc repro --force) on {cpu_label()}; settings: {args.set or 'as committed'}; "
+          f"grid: {args.grid or 'none'}")
+    grids = [[f"{key}={v}" for v in values.split(",")] for key, values in (g.split("=", 1) for g in args.grid)]
     with tempfile.TemporaryDirectory(prefix="main-job-") as tmp:
-        projects = [clone(c, Path(tmp), args.set) for c in args.commits]
+        projects = [clone(c, Path(tmp), [*args.set, *combo]) for c in args.commits
+                    for combo in itertools.product(*grids)]
         results = {p.name: [] for p in projects}
         for r in range(args.rounds):
             for project in projects if r % 2 == 0 else projects[::-1]:
@@ -81,7 +90,8 @@ def main() -> None:
                       f"AP50 {res['AP50']:.3f}", flush=True)
     for name, runs in results.items():
         secs = sorted(x["seconds"] for x in runs)
-        print(f"{name}: median {secs[len(secs) // 2]:.0f} s over {len(runs)} runs; AP50 {[x['AP50'] for x in runs]}")
+        print(f"{name}: median {secs[len(secs) // 2]:.0f} s over {len(runs)} runs; AP {[x['AP'] for x in runs]} "
+              f"AP50 {[x['AP50'] for x in runs]}")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_label(), "settings": args.set, "results": results},
                                               indent=1))

@@ -23,22 +23,21 @@ from common import cpu_label
 from fcos import FCOS
 from fcos.data import VOCDataset, build_loader, generate_shapes
 from fcos.engine import _cpu_has_bf16, fit, resolve_amp, seed_everything
-from pipeline.params import load_params, model_config, train_config
+from pipeline.params import load_params
 
 
 def train(params_path: str, amp: str, steps: int, out: Path) -> None:
     """The child: `steps` steps of the default job's model and loop under `amp`; writes each tensor's sha256."""
     params = load_params(params_path)
-    shapes, batch = params["data"]["shapes"], params["train"]["batch_size"]
+    shapes, batch = params.data.shapes, params.train.batch_size
     with tempfile.TemporaryDirectory() as tmp:
-        root = generate_shapes(tmp, seed=shapes["seed"], num_trainval=steps * batch, num_test=1,
-                               image_size=shapes["image_size"], min_radius=shapes["min_radius"],
-                               colours=shapes["colours"])
+        root = generate_shapes(tmp, seed=shapes.seed, num_trainval=steps * batch, num_test=1,
+                               image_size=shapes.image_size, min_radius=shapes.min_radius, colours=shapes.colours)
         ds = VOCDataset(root, "trainval", train=True)
-        cfg = train_config(params)
+        cfg = params.train_config()
         cfg.amp, cfg.epochs, cfg.eval_every = amp, 1, 0
         seed_everything(cfg.seed)
-        model = FCOS(model_config(params, len(ds.classes)))
+        model = FCOS(params.model_config(len(ds.classes)))
         start = time.perf_counter()
         fit(model, build_loader(ds, batch, shuffle=True, seed=cfg.seed), cfg, checkpoint_path=Path(tmp) / "ck.pt",
             classes=ds.classes, device="cpu")
