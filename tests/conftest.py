@@ -1,12 +1,16 @@
 """Shared fixtures: the real VOC sample in ../shared, seeded torch, small thread counts."""
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DURATIONS = ROOT / "tests" / "durations.json"   # seconds per test file in a recorded run (--record-durations)
+_SECONDS_SEEN: Counter = Counter()                # this run's, by file (setup, call and teardown)
 VOC_SAMPLE = ROOT.parent / "shared" / "data" / "voc2007-sample" / "VOCdevkit" / "VOC2007"
 VOC_MINI = ROOT / "tests" / "data" / "voc2007-mini" / "VOCdevkit" / "VOC2007"   # shipped: 12 of those images
 
@@ -19,6 +23,35 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help=f"write each test file's seconds in this run to {DURATIONS.relative_to(ROOT)}")
+
+
+def pytest_configure(config):
+    """pytest-xdist's per-file scheduling (--dist loadfile) hands out files in collection order, not by
+    its default count of tests per file: a long file with one test came last and the other worker idled."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """The heaviest files (as last recorded in tests/durations.json) first, each file's order kept."""
+    weights = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    items.sort(key=lambda item: -weights.get(item.nodeid.split("::")[0], 0))
+
+
+def pytest_runtest_logreport(report):
+    _SECONDS_SEEN[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    if config.getoption("record_durations") and not hasattr(config, "workerinput"):   # the controller only
+        seconds = {f: round(s) for f, s in sorted(_SECONDS_SEEN.items(), key=lambda kv: -kv[1])}
+        DURATIONS.write_text(json.dumps(seconds, indent=1) + "\n")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 a one-line error naming the file and a non-zero exit; never a traceback, never a half-written output."""
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -401,10 +402,22 @@ def test_use_writes_into_an_overlay_params_file(project):
     assert load_params("mine.yaml").train.lr == 0.003 and "# my settings" in (project / "mine.yaml").read_text()
 
 
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tracking_uri) -> Path:
+    """A tiny project after prepare, train and evaluate, for tests that damage a copy of its outputs."""
+    root = tmp_path_factory.mktemp("evaluated")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for stage in ("prepare", "train", "evaluate"):
+            assert run_cli(stage).exit_code == 0
+    return root
+
+
 @pytest.mark.parametrize("threshold", [float("nan"), 7, "high", -0.1])
-def test_a_damaged_pr_json_is_one_line(project, threshold):
-    for stage in ("prepare", "train", "evaluate"):
-        assert run_cli(stage).exit_code == 0
+def test_a_damaged_pr_json_is_one_line(evaluated, tmp_path, monkeypatch, threshold):
+    project = shutil.copytree(evaluated, tmp_path / "project")
+    monkeypatch.chdir(project)
     pr = json.loads((project / "metrics/pr.json").read_text())
     next(iter(pr["per_class"].values()))["threshold"] = threshold
     (project / "metrics/pr.json").write_text(json.dumps(pr))
