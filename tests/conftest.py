@@ -37,14 +37,18 @@ def pytest_configure(config):
         config.option.loadscopereorder = False
 
 
+def _file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
 def pytest_collection_modifyitems(config, items):
     """The heaviest files (as last recorded in tests/durations.json) first, each file's order kept."""
     weights = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
-    items.sort(key=lambda item: -weights.get(item.nodeid.split("::")[0], 0))
+    items.sort(key=lambda item: -weights.get(_file(item.nodeid), 0))
 
 
 def pytest_runtest_logreport(report):
-    _SECONDS_SEEN[report.nodeid.split("::")[0]] += report.duration
+    _SECONDS_SEEN[_file(report.nodeid)] += report.duration
 
 
 def pytest_sessionfinish(session):

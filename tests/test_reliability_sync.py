@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import pause_env, run_cli, tiny_params, wait_paused
-from test_reliability_round4 import cli, one_line, train_params
+from test_pipeline_best import train_params
+from test_reliability_round4 import cli, one_line
 
 pytestmark = pytest.mark.timeout(900)   # a hang guard
 
