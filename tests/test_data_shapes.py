@@ -127,3 +127,35 @@ def test_test_images_do_not_depend_on_the_training_size(tmp_path):
         return [(root / "JPEGImages" / f"{s}.png").read_bytes()
                 for s in (root / "ImageSets/Main/trainval.txt").read_text().split()[:n]]
     assert train_bytes(a, 6) == train_bytes(b, 6)   # and the first training images are the same too
+
+
+def test_the_bytes_do_not_depend_on_the_processes_drawing_them(tmp_path):
+    """prepare draws with a process pool (one per torch thread): each image has its own generator, so two
+    processes write the very files one does (160 images: enough for the pool to start)."""
+    one = generate_shapes(tmp_path / "one", seed=3, num_trainval=140, num_test=20, image_size=48)
+    two = generate_shapes(tmp_path / "two", seed=3, num_trainval=140, num_test=20, image_size=48, workers=2)
+    assert digest(one) == digest(two)
+
+
+def test_growing_a_mask_within_its_box_is_growing_it_in_the_whole_image():
+    """_touches grows the mask by 2 px in its bounding box only; against the 5x5 maximum over the whole image,
+    with masks at the borders and corners and others 2 and 3 px away."""
+    from PIL import Image, ImageFilter
+
+    from fcos.data.shapes import _touches
+    rng = np.random.default_rng(0)
+    checked = {True: 0, False: 0}
+    for _ in range(300):
+        m = np.zeros((40, 40), bool)
+        y, x = rng.integers(-3, 38, 2)
+        h, w = rng.integers(1, 12, 2)
+        m[max(0, y):y + h, max(0, x):x + w] = True
+        if not m.any():
+            continue
+        other = np.zeros_like(m)
+        oy, ox = (int(np.clip(v + rng.integers(-4, d + 4), 0, 39)) for v, d in ((y, h), (x, w)))   # near m
+        other[oy, ox] = True
+        whole = bool((np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(5))) & other).any())
+        assert _touches(m, [other]) == whole, (y, x, h, w, oy, ox)
+        checked[whole] += 1
+    assert min(checked.values()) >= 20   # both answers occur

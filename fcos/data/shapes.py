@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import colorsys
 import math
+import multiprocessing
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,16 @@ def _mask(kind: str, size: int, cx: float, cy: float, r: float, angle: float) ->
     else:
         d.polygon(_polygon(kind, cx, cy, r, angle), fill=255)
     return np.asarray(m) > 0
+
+
+def _touches(m: np.ndarray, others: list[np.ndarray]) -> bool:
+    """Whether mask m grown by 2 px (a 5x5 maximum) meets any of `others`. Grown within m's bounding box plus
+    the 2 px only: nothing beyond it can change, and the filter costs a fraction of the whole image's."""
+    ys, xs = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+    y0, y1 = max(0, ys[0] - 2), min(m.shape[0], ys[-1] + 3)
+    x0, x1 = max(0, xs[0] - 2), min(m.shape[1], xs[-1] + 3)
+    near = np.asarray(Image.fromarray(m[y0:y1, x0:x1]).filter(ImageFilter.MaxFilter(5)))
+    return any((near & other[y0:y1, x0:x1]).any() for other in others)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -120,10 +132,8 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float, min_radius: f
         if m.sum() < max(40, (1 - MAX_TRUNCATED) * _area(kind, r)):   # mostly outside the image
             continue
         same = [masks[j] for j in range(len(masks)) if kinds[j] == kind]
-        if same:   # two same-class shapes touching would read as one silhouette of one colour
-            near = np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(5)))   # m grown by 2 px
-            if any((near & other).any() for other in same):
-                continue
+        if same and _touches(m, same):   # two same-class shapes touching would read as one silhouette
+            continue
         left = [int((~m & (owner == j)).sum()) for j in range(len(masks))]   # what stays visible of each
         if any(v < (1 - MAX_HIDDEN) * masks[j].sum() for j, v in enumerate(left)):   # all occluders together
             continue
@@ -142,26 +152,43 @@ def _image(rng: np.random.Generator, size: int, empty_prob: float, min_radius: f
     return img.clip(0, 255).astype(np.uint8), objects, masks
 
 
+def _write(job: tuple) -> None:
+    """Draw one image from its own seeded generator and write its PNG and XML (a process pool's task)."""
+    root, stem, rng_key, image_size, empty_prob, min_radius, colours = job
+    img, objects, _ = _image(np.random.Generator(np.random.PCG64(rng_key)), image_size, empty_prob, min_radius,
+                             colours)
+    Image.fromarray(img).save(root / "JPEGImages" / f"{stem}.png", optimize=False, compress_level=6)
+    (root / "Annotations" / f"{stem}.xml").write_text(_xml(stem, image_size, objects))
+
+
 def generate_shapes(out_dir: str | Path, seed: int = 0, num_trainval: int = 480, num_test: int = 120,
                     image_size: int = 256, empty_prob: float = 0.06, min_radius: float = 0.045,
-                    colours: str = "class") -> Path:
+                    colours: str = "class", workers: int = 1) -> Path:
     """Write VOCdevkit/VOC2007 (JPEGImages/*.png, Annotations/*.xml, ImageSets/Main/{trainval,test}.txt,
-    classes.txt) under out_dir and return the VOC2007 folder. Deterministic in every byte.
+    classes.txt) under out_dir and return the VOC2007 folder. Deterministic in every byte, whatever `workers`.
 
     min_radius: the smallest shape's circumradius as a fraction of image_size; colours: "class" (a hue per
-    class) or "random" (shape is the only cue)."""
+    class) or "random" (shape is the only cue); workers: processes drawing the images (forked, so only where
+    the platform forks: Linux; elsewhere one). Every image has its own generator, so the split does not
+    change a byte."""
     if colours not in ("class", "random"):
         raise ValueError(f"colours must be 'class' or 'random', got {colours!r}")
     root = Path(out_dir) / "VOCdevkit" / "VOC2007"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     stems = [f"{i:06d}" for i in range(1, num_trainval + num_test + 1)]
-    for i, stem in enumerate(stems):
-        split, j = (0, i) if i < num_trainval else (1, i - num_trainval)
-        rng = np.random.Generator(np.random.PCG64([seed, split, j]))   # per image: num_trainval leaves test alone
-        img, objects, _ = _image(rng, image_size, empty_prob, min_radius, colours)
-        Image.fromarray(img).save(root / "JPEGImages" / f"{stem}.png", optimize=False, compress_level=6)
-        (root / "Annotations" / f"{stem}.xml").write_text(_xml(stem, image_size, objects))
+    # per image, by split: num_trainval leaves the test images alone
+    jobs = [(root, stem, [seed, *((0, i) if i < num_trainval else (1, i - num_trainval))], image_size, empty_prob,
+             min_radius, colours) for i, stem in enumerate(stems)]
+    workers = min(workers, len(jobs) // 64) if sys.platform == "linux" else 1   # a pool costs more than a few images
+    if workers > 1:
+        # fork: the children inherit the imported modules (spawn would import torch again, seconds each); they
+        # run numpy and PIL only, never the parent's OpenMP threads
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pool.map(_write, jobs, chunksize=32)
+    else:
+        for job in jobs:
+            _write(job)
     (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(stems[:num_trainval]) + "\n")
     (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(stems[num_trainval:]) + "\n")
     (root / "classes.txt").write_text("\n".join(SHAPES_CLASSES) + "\n")

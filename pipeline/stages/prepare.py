@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from ..artifacts import replaced_folder, write_json
 from ..errors import UserError
@@ -33,9 +34,10 @@ def _records(params: Params, report, prepared: Path):
         return train, test, classes, cat_ids
     if d.format == "shapes":
         s = d.shapes
+        # drawn by as many processes as torch has threads: the share of the CPU this process was given
         root = generate_shapes(prepared / "shapes", seed=s.seed, num_trainval=s.num_trainval,
                                num_test=s.num_test, image_size=s.image_size,
-                               min_radius=s.min_radius, colours=s.colours)
+                               min_radius=s.min_radius, colours=s.colours, workers=torch.get_num_threads())
     else:
         root = Path(d.root)
     train, classes = read_voc(root, d.train_split, d.classes, report, check_images=True)
