@@ -2,6 +2,7 @@
 float32 and bfloat16 peaks."""
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import time
@@ -9,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fcos.winograd import cpu_info
+from fcos.winograd import KERNEL_CAPS, cpu_info
 
 ISA_FLAGS = {"avx2": "avx2", "avx512f": "avx512f", "avx512_bf16": "avx512_bf16", "avx512_fp16": "avx512_fp16",
              "amx_bf16": "amx"}   # /proc/cpuinfo flag -> label (amx_bf16 comes with amx_tile)
@@ -20,6 +21,9 @@ def cpu_label() -> str:
     name, flags = cpu_info()
     name = " ".join(re.sub(r"\((R|TM)\)|\b(CPU|Processor)\b", " ", name, flags=re.I).split())
     isa = " ".join(label for flag, label in ISA_FLAGS.items() if flag in flags) or "no AVX2"
+    caps = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", *KERNEL_CAPS) if os.environ.get(k)]
+    if caps:   # kernels held to an older ISA: this CPU standing in for another kind
+        isa += f"; kernels capped: {' '.join(caps)}"
     return f"[{name}; {isa}; {torch.get_num_threads()} threads]"
 
 

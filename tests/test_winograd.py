@@ -160,6 +160,9 @@ def test_decisions_are_read_back_merged_and_bad_files_ignored(tmp_path, monkeypa
     assert blocked.get("a") is True and not (path / "not-a-folder.json").exists()
     monkeypatch.setenv("FCOS_EXP_CACHE", str(tmp_path / "elsewhere"))
     assert cache_path().parent == tmp_path / "elsewhere" and cache_path().name.startswith("winograd-")
+    full = cache_path()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")   # oneDNN held to older kernels: other timings, other file
+    assert cache_path() != full and cache_path().parent == full.parent
 
 
 def test_for_inference_auto_times_wide_convolutions_and_keeps_the_detections(choices, monkeypatch):
