@@ -93,8 +93,8 @@ def main() -> None:
         print(f"{name}: median {secs[len(secs) // 2]:.0f} s over {len(runs)} runs; AP {[x['AP'] for x in runs]} "
               f"AP50 {[x['AP50'] for x in runs]}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_label(), "settings": args.set, "results": results},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"cpu": cpu_label(), "settings": args.set, "grid": args.grid,
+                                               "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def cpu_label() -> str:
     name, flags = cpu_info()
     name = " ".join(re.sub(r"\((R|TM)\)|\b(CPU|Processor)\b", " ", name, flags=re.I).split())
     isa = " ".join(label for flag, label in ISA_FLAGS.items() if flag in flags) or "no AVX2"
-    caps = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", *KERNEL_CAPS) if os.environ.get(k)]
+    caps = [f"{k}={os.environ[k]}" for k in KERNEL_CAPS if os.environ.get(k)]
     if caps:   # kernels held to an older ISA: this CPU standing in for another kind
         isa += f"; kernels capped: {' '.join(caps)}"
     return f"[{name}; {isa}; {torch.get_num_threads()} threads]"

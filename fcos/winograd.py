@@ -77,14 +77,15 @@ def cpu_info() -> tuple[str, list[str]]:
     return field("model name") or platform.processor() or platform.machine(), field("flags").split()
 
 
-KERNEL_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")   # set: oneDNN / MKL run an older ISA's kernels
+# set: ATen / oneDNN / MKL run an older ISA's kernels than the CPU has
+KERNEL_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def cache_path() -> Path:
     """The decisions file of this CPU model and torch version, under $FCOS_EXP_CACHE or ~/.cache/fcos-exp; the
-    kernels' ISA is in the key too (ATen's capability and the caps above), since it decides what is faster."""
+    kernels' ISA is in the key too (the caps above), since it decides what is faster."""
     name, flags = cpu_info()
-    caps = [torch.backends.cpu.get_cpu_capability(), *(os.environ.get(k, "") for k in KERNEL_CAPS)]
+    caps = [os.environ.get(k, "") for k in KERNEL_CAPS]
     digest = hashlib.sha256(f"{name}|{' '.join(flags)}|{torch.__version__}|{caps}".encode()).hexdigest()[:16]
     folder = os.environ.get("FCOS_EXP_CACHE") or Path.home() / ".cache" / "fcos-exp"
     return Path(folder) / f"winograd-{digest}.json"
