@@ -84,6 +84,30 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
     assert set(changed) <= {"lr", "epochs", "backbone"}, changed   # the rest as it was: nulls stay `null`
 
 
+@pytest.mark.slow
+def test_two_projects_with_one_study_name_keep_their_own_parent_runs(tune_project, tracking_uri, tmp_path_factory,
+                                                                      monkeypatch):
+    """CI found a study's parent run holding 10 trials of 3: an earlier project's study of the same name, tracked
+    into the same experiment, lent it its parent run."""
+    assert run_cli("tune", "--trials", "1").exit_code == 0
+    other = tmp_path_factory.mktemp("other")
+    shutil.copytree(tune_project, other, dirs_exist_ok=True, ignore=shutil.ignore_patterns("optuna.journal*"))
+    monkeypatch.chdir(other)
+    assert run_cli("tune", "--trials", "1").exit_code == 0
+    assert run_cli("tune", "--trials", "2").exit_code == 0      # the second project's study goes on in its own run
+
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("tests")
+    parents = client.search_runs([exp.experiment_id], "tags.optuna_study = 'fcos-exp' and tags.fcos_role = 'study'")
+    uids = {journal_study(d).user_attrs["optuna_study_uid"]: d for d in (tune_project, other)}
+    mine = {r.data.tags["optuna_study_uid"]: r for r in parents if r.data.tags["optuna_study_uid"] in uids}
+    assert len(uids) == 2 and len(mine) == 2
+    for uid, project in uids.items():
+        children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{mine[uid].info.run_id}'")
+        assert sorted(c.info.run_id for c in children) == \
+            sorted(t.user_attrs["mlflow_run_id"] for t in journal_study(project).get_trials())
+
+
 def worker(project, trials, extra=(), env=None):
     env = {**(env or os.environ), "NO_COLOR": "1"}
     return subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "--trials", str(trials), *extra], cwd=project,

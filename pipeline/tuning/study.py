@@ -4,6 +4,7 @@ the storage), the MLflow parent run, the figures and the best params (experiment
 from __future__ import annotations
 
 import time
+import uuid
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from ..params_schema import Params
 
 PRUNE_FROM = 25    # percent of a trial's schedule before the pruner first judges it (objective.py's steps)
+STUDY_UID = "optuna_study_uid"   # a study's user attr and its parent run's tag: which run is the study's
 REDUCTION = 3      # successive halving / Hyperband: the best third of the trials at a rung goes on
 
 
@@ -156,6 +158,8 @@ class Study:
                                 f"{earlier}, not {fraction}: set it back or use another --study-name")
             if earlier is None:
                 self.study.set_user_attr("train_fraction", fraction)
+            if STUDY_UID not in self.study.user_attrs:
+                self.study.set_user_attr(STUDY_UID, uuid.uuid4().hex)
             if self.study.get_trials(deepcopy=False):
                 return
             values, why = baseline_values(self.params, self.space)
@@ -231,8 +235,10 @@ def run_study(params: Params, console, trials: int | None, storage: str | None, 
     display = Display.for_console(console, t.metric, params.train.epochs)
     s = Study(params, display, trials, storage, study_name)
     s.prepare()
-    tags = {"optuna_study": s.name, "fcos_role": "study"}
-    parent_id = find_run(params, tags)   # later runs of the same study reuse its parent run
+    # Later runs of the same study reuse its parent run; the uid keeps apart two studies of one name (two
+    # projects, or a study deleted and begun again) that track into the same MLflow experiment.
+    tags = {"optuna_study": s.name, "fcos_role": "study", STUDY_UID: s.study.user_attrs[STUDY_UID]}
+    parent_id = find_run(params, tags)
     start, interrupted, worker_errors = time.perf_counter(), None, 0
     with Tracker(params, parent_id is None, run_id=parent_id, name=f"tune-{s.name}", tags=tags,
                  remember=False) as parent:
