@@ -50,7 +50,9 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
 
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("tests")
-    parent = client.search_runs([exp.experiment_id], "tags.optuna_study = 'fcos-exp' and tags.fcos_role = 'study'")
+    uid = study.user_attrs["optuna_study_uid"]   # the session's store holds other tests' studies of this name
+    parent = client.search_runs([exp.experiment_id], "tags.optuna_study = 'fcos-exp' and tags.fcos_role = 'study' "
+                                                     f"and tags.optuna_study_uid = '{uid}'")
     assert len(parent) == 1
     tags = parent[0].data.tags
     assert tags["optuna_storage"] == "experiments/optuna.journal"
@@ -106,6 +108,14 @@ def test_two_projects_with_one_study_name_keep_their_own_parent_runs(tune_projec
         children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{mine[uid].info.run_id}'")
         assert sorted(c.info.run_id for c in children) == \
             sorted(t.user_attrs["mlflow_run_id"] for t in journal_study(project).get_trials())
+    # The report of the second project counts its own study's runs only.
+    from pipeline.params import load_params
+    from pipeline.report.tuning import tuning_section
+    section = tuning_section(load_params("params.yaml"), client.search_runs([exp.experiment_id]), None, None,
+                             tmp_path_factory.mktemp("assets"))
+    assert section["mlflow"]["parents"] == [(mine[journal_study(other).user_attrs["optuna_study_uid"]].info.run_name,
+                                             mine[journal_study(other).user_attrs["optuna_study_uid"]].info.run_id)]
+    assert sum(section["mlflow"]["counts"].values()) == 2
 
 
 def worker(project, trials, extra=(), env=None):

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..paths import DEFAULT_JOURNAL
 from ..tuning.storage import open_study, shown_url
-from ..tuning.study import study_figures
+from ..tuning.study import STUDY_UID, study_figures
 
 if TYPE_CHECKING:
     from ..params_schema import Params
@@ -30,9 +30,11 @@ def _study_summary(study, assets: Path) -> dict:
             "direction": study.directions[0].name.lower() if len(study.directions) == 1 else "multi-objective"}
 
 
-def _mlflow_summary(runs: list, name: str) -> dict | None:
-    """The study's parent run (tag optuna_study=<name>) and its nested trial runs counted by optuna_state."""
-    parents = [r for r in runs if r.data.tags.get("optuna_study") == name and r.data.tags.get("fcos_role") == "study"]
+def _mlflow_summary(runs: list, name: str, uid: str | None) -> dict | None:
+    """The study's parent runs (tag optuna_study=<name>, and its uid where the run has one: another project's
+    study of the same name is not this one) and their nested trial runs counted by optuna_state."""
+    parents = [r for r in runs if r.data.tags.get("optuna_study") == name and r.data.tags.get("fcos_role") == "study"
+               and (uid is None or r.data.tags.get(STUDY_UID, uid) == uid)]
     if not parents:
         return None
     ids = {p.info.run_id for p in parents}
@@ -50,8 +52,9 @@ def tuning_section(params: Params, runs: list, storage: str | None, study_name: 
     name = study_name or params.tune.study_name
     url = storage or params.tune.storage or str(DEFAULT_JOURNAL)
     study, missing = open_study(url, name)
+    uid = None if study is None else study.user_attrs.get(STUDY_UID)
     section = {"name": name, "storage": shown_url(url), "missing": missing,
-               "mlflow": _mlflow_summary(runs, name)}
+               "mlflow": _mlflow_summary(runs, name, uid)}
     if study is not None:
         section.update(_study_summary(study, assets))
     return section
