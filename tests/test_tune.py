@@ -246,6 +246,15 @@ def test_bad_search_space_is_one_line(project, space, message):
     assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
+def test_a_range_of_one_value_fixes_that_param(project):
+    from pipeline.params import load_params
+    from pipeline.tuning.space import load_space, suggest
+    (project / "space.yaml").write_text("train.epochs: {type: int, low: 6, high: 6}\n")
+    study = optuna.create_study()
+    space = load_space(project / "space.yaml", load_params("params.yaml"))
+    assert suggest(study.ask(), space) == {"train.epochs": 6}
+
+
 def test_unreachable_storage_is_one_line(project):
     (project / "experiments").mkdir()
     (project / "experiments/tune_space.yaml").write_text(SPACE)

@@ -33,8 +33,8 @@ def load_space(path: str | Path, params: Params) -> dict:
             if not all(isinstance(spec.get(b), (int, float)) and not isinstance(spec.get(b), bool)
                        for b in ("low", "high")):
                 problems.append(f"{path}: {key}: needs numeric low and high")
-            elif spec["low"] >= spec["high"]:
-                problems.append(f"{path}: {key}: empty range (low {spec['low']} >= high {spec['high']})")
+            elif spec["low"] > spec["high"]:   # low == high is a fixed value, as Optuna allows
+                problems.append(f"{path}: {key}: empty range (low {spec['low']} > high {spec['high']})")
             elif spec.get("log") and spec["low"] <= 0:
                 problems.append(f"{path}: {key}: a log range needs low > 0")
         elif kind == "categorical":
