@@ -111,10 +111,9 @@ def test_dvc_exp_run_with_changed_param(repo, tracking_uri):
     sh("dvc", "exp", "run", "-S", "train.lr=0.01", "-n", "lr01", cwd=repo)
     shown = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
     assert "lr01" in shown and "0.01" in shown
-    runs = mlflow.MlflowClient(tracking_uri).search_runs(
-        [mlflow.MlflowClient(tracking_uri).get_experiment_by_name("tests").experiment_id],
-        filter_string="params.`train.lr` = '0.01'")
-    assert runs and runs[0].data.tags.get("dvc_exp") == "lr01"
+    client = mlflow.MlflowClient(tracking_uri)   # the session's store: other tests' runs are there too
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id], "tags.dvc_exp = 'lr01'")
+    assert len(runs) == 1 and runs[0].data.params["train.lr"] == "0.01"
 
 
 @pytest.mark.slow
