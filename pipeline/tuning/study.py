@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from ..params_schema import Params
 
 PRUNE_FROM = 25    # percent of a trial's schedule before the pruner first judges it (objective.py's steps)
-STUDY_UID = "optuna_study_uid"   # a study's user attr and its parent run's tag: which run is the study's
 REDUCTION = 3      # successive halving / Hyperband: the best third of the trials at a rung goes on
+STUDY_UID = "optuna_study_uid"   # a study's user attr and its parent run's tag: which run is the study's
 
 
 def study_figures(study, out: Path) -> list[Path]:
