@@ -13,6 +13,8 @@ import pytest
 import yaml
 from conftest import pause_env, run_cli, wait_paused
 
+from pipeline.tuning.study import STUDY_UID
+
 SPACE = "train.lr: {type: float, low: 0.001, high: 0.01, log: true}\ntrain.epochs: {type: int, low: 1, high: 2}\n"
 
 
@@ -50,9 +52,9 @@ def test_study_completes_with_nested_mlflow_runs_and_best_params(tune_project, t
 
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("tests")
-    uid = study.user_attrs["optuna_study_uid"]   # the session's store holds other tests' studies of this name
+    uid = study.user_attrs[STUDY_UID]   # the session's store holds other tests' studies of this name
     parent = client.search_runs([exp.experiment_id], "tags.optuna_study = 'fcos-exp' and tags.fcos_role = 'study' "
-                                                     f"and tags.optuna_study_uid = '{uid}'")
+                                                     f"and tags.{STUDY_UID} = '{uid}'")
     assert len(parent) == 1
     tags = parent[0].data.tags
     assert tags["optuna_storage"] == "experiments/optuna.journal"
@@ -101,8 +103,8 @@ def test_two_projects_with_one_study_name_keep_their_own_parent_runs(tune_projec
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("tests")
     parents = client.search_runs([exp.experiment_id], "tags.optuna_study = 'fcos-exp' and tags.fcos_role = 'study'")
-    uids = {journal_study(d).user_attrs["optuna_study_uid"]: d for d in (tune_project, other)}
-    mine = {r.data.tags["optuna_study_uid"]: r for r in parents if r.data.tags["optuna_study_uid"] in uids}
+    uids = {journal_study(d).user_attrs[STUDY_UID]: d for d in (tune_project, other)}
+    mine = {r.data.tags[STUDY_UID]: r for r in parents if r.data.tags[STUDY_UID] in uids}
     assert len(uids) == 2 and len(mine) == 2
     for uid, project in uids.items():
         children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{mine[uid].info.run_id}'")
@@ -113,8 +115,8 @@ def test_two_projects_with_one_study_name_keep_their_own_parent_runs(tune_projec
     from pipeline.report.tuning import tuning_section
     section = tuning_section(load_params("params.yaml"), client.search_runs([exp.experiment_id]), None, None,
                              tmp_path_factory.mktemp("assets"))
-    assert section["mlflow"]["parents"] == [(mine[journal_study(other).user_attrs["optuna_study_uid"]].info.run_name,
-                                             mine[journal_study(other).user_attrs["optuna_study_uid"]].info.run_id)]
+    own = mine[journal_study(other).user_attrs[STUDY_UID]]
+    assert section["mlflow"]["parents"] == [(own.info.run_name, own.info.run_id)]
     assert sum(section["mlflow"]["counts"].values()) == 2
 
 
