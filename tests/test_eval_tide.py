@@ -4,7 +4,8 @@ without boxes or detections; and the bad inputs (no detections, a class without 
 import numpy as np
 import pytest
 
-from fcos.tide import BKG, BOTH, CLS, DUPE, LOC, MAIN_ERRORS, MISS, SPECIAL_ERRORS, TP, tide, worst_images
+from fcos.tide import CLS, LOC, MAIN_ERRORS, MISS, SPECIAL_ERRORS, TP, tide, worst_images
+from fcos.tide_match import BKG, BOTH, DUPE
 
 tidecv = pytest.importorskip("tidecv")
 
