@@ -23,31 +23,8 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=fused)
     if name == "adamw":
-        return AdamW(groups, lr=lr, fused=fused)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
     raise ValueError(f"unknown optimizer {name!r} (sgd or adamw)")
-
-
-def _memory_order(t: torch.Tensor) -> torch.Tensor:
-    """A channels_last 4-D tensor as the 1-D view of its memory; any other tensor unchanged."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).view(-1)
-    return t
-
-
-class AdamW(torch.optim.AdamW):
-    """torch's AdamW, its fused kernel handed channels_last weights, their gradients and moments as 1-D views
-    of their memory (the same elementwise update; the state keeps its shape and layout).
-
-    Why: the fused CPU kernel updates through raw pointers, all four tensors of a parameter in one memory
-    order, but first makes each gradient contiguous (`grad.contiguous()` in ATen's FusedAdamKernel.cpp, the
-    copy never used), so every channels_last 3x3 gradient was copied once per step: more time than the update
-    itself. `_init_group` fills the lists the kernel gets; its arguments after `group` are those lists."""
-
-    def _init_group(self, group, *lists):
-        has_complex = super()._init_group(group, *lists)
-        for tensors in lists:
-            tensors[:] = [_memory_order(t) for t in tensors]
-        return has_complex
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: list[float], gamma: float,
