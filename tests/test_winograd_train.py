@@ -42,7 +42,7 @@ def test_gradients_pass_gradcheck_in_float64(channels_last_in, channels_last_out
     want, want_grads, _ = _outputs_and_grads(convs, xs, _direct, grads)
     for a, b in zip([*got, *got_grads], [*want, *want_grads], strict=True):
         assert a.shape == b.shape
-        torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-12 * max(1.0, float(b.abs().max())))
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-12 * max(1.0, float(b.detach().abs().max())))
 
 
 def test_float32_outputs_and_gradients_match_float64_direct_convolution_to_rounding():
