@@ -1,10 +1,12 @@
 """fcos-exp tune: real Optuna storages (journal file, PostgreSQL), real MLflow, real training on the tiny config."""
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import mlflow
@@ -233,6 +235,36 @@ def test_study_on_postgresql(tune_project, postgres):
     assert r.exit_code == 0, r.stderr
     study = optuna.load_study(study_name="pg", storage=postgres)
     assert len([t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]) == 2
+
+
+def test_a_command_that_finds_a_brand_new_rdb_study_waits_for_its_creator_to_set_it_up(project):
+    # Two commands started together on machines sharing a new RDB study: the one that did not create it must
+    # not enqueue a second baseline nor write a second uid (an RDB storage has no lock to order them).
+    from rich.console import Console
+
+    from pipeline.params import load_params
+    from pipeline.tuning.display import Display
+    from pipeline.tuning.study import Study
+    (project / "experiments").mkdir()
+    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    params, url = load_params("params.yaml"), f"sqlite:///{project / 'study.db'}"
+    display = Display(Console(file=io.StringIO()), "AP50", 1)
+    first = Study(params, display, 2, url, "shared")
+    second = Study(params, display, 2, url, "shared")
+    assert first.created and not second.created
+    waiting = threading.Thread(target=second.prepare)
+    waiting.start()
+    waiting.join(1.0)
+    assert waiting.is_alive() and not first.study.get_trials() and STUDY_UID not in first.study.user_attrs
+    first.prepare()
+    waiting.join(10)
+    assert not waiting.is_alive()
+    trials = optuna.load_study(study_name="shared", storage=url).get_trials()
+    assert len(trials) == 1 and trials[0].user_attrs["baseline"]
+    uid = first.study.user_attrs[STUDY_UID]
+    assert second.study.user_attrs[STUDY_UID] == uid
+    Study(params, display, 2, url, "shared").prepare()   # a later command: no wait, nothing added or changed
+    assert len(first.study.get_trials()) == 1 and first.study.user_attrs[STUDY_UID] == uid
 
 
 @pytest.mark.parametrize("space,message", [

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 PRUNE_FROM = 25    # percent of a trial's schedule before the pruner first judges it (objective.py's steps)
 REDUCTION = 3      # successive halving / Hyperband: the best third of the trials at a rung goes on
 STUDY_UID = "optuna_study_uid"   # a study's user attr and its parent run's tag: which run is the study's
+SETUP_WAIT = 30.0  # seconds a command that found a brand-new study waits for its creator to set it up
 
 
 def study_figures(study, out: Path) -> list[Path]:
@@ -132,9 +133,13 @@ class Study:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(seed=t.seed + seed_offset, n_startup_trials=t.startup_trials,
                                                  constant_liar=True)
+        made = dict(storage=backend, sampler=sampler, pruner=make_pruner(t.pruner), study_name=self.name,
+                    direction=t.direction)
         try:
-            self.study = optuna.create_study(storage=backend, sampler=sampler, pruner=make_pruner(t.pruner),
-                                             study_name=self.name, direction=t.direction, load_if_exists=True)
+            try:   # creating is atomic in every storage: exactly one command sets a new study up (prepare)
+                self.study, self.created = optuna.create_study(**made), True
+            except optuna.exceptions.DuplicatedStudyError:
+                self.study, self.created = optuna.create_study(**made, load_if_exists=True), False
         except (ValueError, KeyError, TypeError) as e:   # a study of another direction, a corrupt journal
             raise UserError(f"{self.shown}: not a usable Optuna storage for study '{self.name}' "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
@@ -151,6 +156,8 @@ class Study:
         self.display.line(f"study '{self.name}' in {self.shown}: {count(self.study, ('COMPLETE', 'PRUNED'))} of "
                           f"{self.n_trials} trials done; trials train on {fraction:.0%} of the training images and "
                           f"validate on data/prepared/val.json every epoch ({t.metric}, pruner {t.pruner})")
+        if not self.created:
+            self._wait_for_setup()
         with study_lock(self.url):
             earlier = self.study.user_attrs.get("train_fraction")
             if earlier is not None and earlier != fraction:
@@ -158,17 +165,28 @@ class Study:
                                 f"{earlier}, not {fraction}: set it back or use another --study-name")
             if earlier is None:
                 self.study.set_user_attr("train_fraction", fraction)
-            if STUDY_UID not in self.study.user_attrs:
+            if not self.study.get_trials(deepcopy=False):
+                values, why = baseline_values(self.params, self.space)
+                if values is None:
+                    self.display.line(f"no trial of the current params: {why}")
+                else:
+                    self.study.enqueue_trial(values, user_attrs={"baseline": True})
+                    self.display.line(f"trial 0 is the current params ({short_params(values)}): what they score "
+                                      "at this fidelity on the same validation split")
+            if STUDY_UID not in self.study.user_attrs:   # last: its presence says the study is set up
                 self.study.set_user_attr(STUDY_UID, uuid.uuid4().hex)
-            if self.study.get_trials(deepcopy=False):
+
+    def _wait_for_setup(self, timeout: float = SETUP_WAIT) -> None:
+        """Wait for the command that created the study to set it up (its uid, written last). A journal's lock
+        already orders the two; an RDB storage has no lock, and two commands started together on machines
+        sharing a new study would otherwise both enqueue the baseline and each write its own uid. A study
+        whose trials have run was set up, or comes from before uids; a creator gone for `timeout` left it
+        to us."""
+        deadline = time.monotonic() + timeout
+        while STUDY_UID not in self.study.user_attrs and time.monotonic() < deadline:
+            if any(t.state.name != "WAITING" for t in self.study.get_trials(deepcopy=False)):
                 return
-            values, why = baseline_values(self.params, self.space)
-            if values is None:
-                self.display.line(f"no trial of the current params: {why}")
-                return
-            self.study.enqueue_trial(values, user_attrs={"baseline": True})
-            self.display.line(f"trial 0 is the current params ({short_params(values)}): what they score at "
-                              "this fidelity on the same validation split")
+            time.sleep(0.2)
 
     def recover(self) -> None:
         """Fail and queue again the trials of dead workers (journal: this host's processes; RDB: heartbeats)."""
