@@ -32,9 +32,10 @@ def _user_errors(interrupted: str = "interrupted"):
     except (UserError, InputError, OSError, FloatingPointError, MemoryError) as e:
         if os.environ.get("FCOS_EXP_DEBUG"):
             raise
-        message = str(e) or type(e).__name__
-        if isinstance(e, OSError) and e.filename:
-            message = f"{e.filename}: {e.strerror}"
+        message = machine_problem(e)   # a loader worker killed mid-handover reaches us as an OSError
+        if message is None:
+            file = isinstance(e, OSError) and e.filename
+            message = f"{e.filename}: {e.strerror}" if file else str(e) or type(e).__name__
         for line in message.splitlines():
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(getattr(e, "code", 2) if isinstance(e, UserError) else 2) from None

@@ -291,6 +291,31 @@ def children(pid: int) -> list[int]:
     return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
 
 
+def test_a_loader_worker_killed_while_handing_over_a_batch_is_the_same_one_line(capsys):
+    """A worker killed while the loop receives its batch (the loop connects to the dead worker's socket for
+    the batch's shared memory before torch sees the worker gone) is a ConnectionResetError out of torch's
+    _try_get_data: an OSError, which the CLI showed as "[Errno 104] Connection reset by peer"."""
+    import torch
+    import typer
+
+    from pipeline.cli import _user_errors
+
+    class Reset:   # the receiving end of that handover
+        def get(self, timeout=None):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    batches = iter(torch.utils.data.DataLoader(range(8), num_workers=1))
+    batches._data_queue = Reset()
+    try:
+        with pytest.raises(typer.Exit) as e, _user_errors():
+            next(batches)
+    finally:
+        batches._shutdown_workers()
+    err = capsys.readouterr().err
+    assert e.value.exit_code == 2 and err.count("\n") == 1
+    assert "a data loader worker process died (out of memory?" in err and "Connection reset" in err
+
+
 @pytest.mark.slow
 def test_a_killed_loader_worker_is_one_line_and_training_resumes(tmp_path):
     """The kernel's out-of-memory killer takes a loader worker mid-epoch (here a real SIGKILL): torch's

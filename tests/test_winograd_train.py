@@ -58,7 +58,7 @@ def test_float32_outputs_and_gradients_match_float64_direct_convolution_to_round
     # Winograd's rounding is ~1e-5 of the scale (the direct convolution's ~1e-6): bounded at 5e-5
     for a, b in zip([*got, *got_grads], [*want, *want_grads], strict=True):
         assert a.dtype == torch.float32
-        torch.testing.assert_close(a.double(), b, rtol=0, atol=5e-5 * float(b.abs().max()))
+        torch.testing.assert_close(a.detach().double(), b.detach(), rtol=0, atol=5e-5 * float(b.detach().abs().max()))
 
 
 def _small_model():
