@@ -19,7 +19,7 @@ def machine_problem(e: BaseException) -> str | None:
     died = ": a data loader worker process died (out of memory? lower data.num_workers or the batch size)"
     if isinstance(e, RuntimeError) and lines[0].startswith("DataLoader worker (pid"):
         return lines[0].rstrip(". ") + died
-    if isinstance(e, (ConnectionResetError, EOFError)) and _raised_in_the_loader(e):   # killed mid-handover
+    if isinstance(e, (OSError, EOFError)) and _raised_in_the_loader(e):   # killed mid-handover: reset, refused...
         return f"{type(e).__name__}: {e}".rstrip(": ") + died
     if isinstance(e, RuntimeError) and "shared memory" in lines[-1] and "No space left" in lines[-1]:
         return (f"{lines[-1].removeprefix('RuntimeError: ')}: /dev/shm, where loader workers hand over batches, is "
