@@ -176,13 +176,13 @@ class Study:
             if STUDY_UID not in self.study.user_attrs:   # last: its presence says the study is set up
                 self.study.set_user_attr(STUDY_UID, uuid.uuid4().hex)
 
-    def _wait_for_setup(self, timeout: float = SETUP_WAIT) -> None:
+    def _wait_for_setup(self) -> None:
         """Wait for the command that created the study to set it up (its uid, written last). A journal's lock
         already orders the two; an RDB storage has no lock, and two commands started together on machines
         sharing a new study would otherwise both enqueue the baseline and each write its own uid. A study
-        whose trials have run was set up, or comes from before uids; a creator gone for `timeout` left it
+        whose trials have run was set up, or comes from before uids; a creator gone for SETUP_WAIT left it
         to us."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + SETUP_WAIT
         while STUDY_UID not in self.study.user_attrs and time.monotonic() < deadline:
             if any(t.state.name != "WAITING" for t in self.study.get_trials(deepcopy=False)):
                 return
