@@ -77,6 +77,21 @@ class Tracker:
             self._start_monitor()
         return self
 
+    def give_way(self, run_id: str | None) -> None:
+        """Log into `run_id` instead of the run this tracker just created, which is deleted: two commands
+        that each found no run to reuse and created one (MLflow cannot find-or-create atomically) keep
+        the earlier one. Nothing happens when `run_id` is ours or None, or while offline."""
+        if not self.enabled or self.offline or run_id is None or run_id == self.run_id:
+            return
+        try:
+            self.client.set_terminated(self.run_id, "KILLED")
+            self.client.delete_run(self.run_id)
+        except Exception as e:
+            self._go_offline(e)
+            return
+        self.run_id = run_id
+        self._send("reopen", {})
+
     def logged_steps(self, metric: str) -> int:
         """The last step of `metric` this run already holds, in MLflow or queued (0 if none): a resumed
         training replays the steps after its checkpoint, which must not be logged twice."""

@@ -101,9 +101,9 @@ def experiment_id(mlflow_client, name: str) -> str:
         return exp.experiment_id
 
 
-def find_run(params: Params, tags: dict) -> str | None:
-    """The newest run of the params' experiment carrying all `tags` (None when there is none, tracking is
-    off or the server cannot be reached: the caller then starts a new run)."""
+def find_run(params: Params, tags: dict, first: bool = False) -> str | None:
+    """The newest (`first`: the earliest) run of the params' experiment carrying all `tags` (None when there
+    is none, tracking is off or the server cannot be reached: the caller then starts a new run)."""
     if not params.tracking.enabled:
         return None
     try:
@@ -112,7 +112,9 @@ def find_run(params: Params, tags: dict) -> str | None:
         if exp is None:
             return None
         query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-        found = c.search_runs([exp.experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
+        order = "ASC" if first else "DESC"   # run_id: the same pick for every caller when start times tie
+        found = c.search_runs([exp.experiment_id], query, max_results=1,
+                              order_by=[f"attributes.start_time {order}", "attributes.run_id ASC"])
         return found[0].info.run_id if found else None
     except Exception:
         return None

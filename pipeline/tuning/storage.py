@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..errors import UserError
 from ..paths import DEFAULT_JOURNAL
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+SCHEMA_TRIES = 3   # opening a new RDB while another command creates its tables: tries before giving up
 
 
 def shown_url(url: str) -> str:
@@ -67,15 +69,26 @@ def storage_for(url: str | None, heartbeat: int, on_stale=None):
         retry(study, trial)
         if on_stale is not None:
             on_stale(study, trial)
-    try:
-        with warnings.catch_warnings():   # heartbeats are "experimental" in Optuna; they are what we want
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=heartbeat * 3,
-                              heartbeat_stale_trial_callback=stale)
-    except Exception as e:  # SQLAlchemy raises many kinds for unreachable servers, bad URLs, missing drivers
-        raise UserError(f"{shown_url(url)}: storage unreachable ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:150]})") from None
+    for attempt in range(SCHEMA_TRIES):
+        try:
+            with warnings.catch_warnings():   # heartbeats are "experimental" in Optuna; they are what we want
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+                return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=heartbeat * 3,
+                                  heartbeat_stale_trial_callback=stale)
+        except Exception as e:  # SQLAlchemy raises many kinds for unreachable servers, bad URLs, missing drivers
+            if attempt + 1 < SCHEMA_TRIES and _schema_race(e):
+                time.sleep(0.5)
+                continue
+            raise UserError(f"{shown_url(url)}: storage unreachable ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:150]})") from None
+
+
+def _schema_race(error: Exception) -> bool:
+    """RDBStorage creating the tables of a new database while another command does (two workers started
+    together): a table or the schema version row already made by the other. Opening it again succeeds."""
+    from sqlalchemy.exc import IntegrityError
+    return isinstance(error, IntegrityError) or "already exists" in str(error)
 
 
 @contextmanager

@@ -260,6 +260,8 @@ def run_study(params: Params, console, trials: int | None, storage: str | None, 
     start, interrupted, worker_errors = time.perf_counter(), None, 0
     with Tracker(params, parent_id is None, run_id=parent_id, name=f"tune-{s.name}", tags=tags,
                  remember=False) as parent:
+        if parent_id is None:   # a command started at the same moment on this new study may have made one too
+            parent.give_way(find_run(params, tags, first=True))
         link = dashboard_command(s.url)
         parent.set_tags({"optuna_storage": s.shown, "optuna_dashboard": link,
                          "tune.train_fraction": t.train_fraction,
