@@ -248,7 +248,8 @@ def test_a_command_that_finds_a_brand_new_rdb_study_waits_for_its_creator_to_set
     (project / "experiments").mkdir()
     (project / "experiments/tune_space.yaml").write_text(SPACE)
     params, url = load_params("params.yaml"), f"sqlite:///{project / 'study.db'}"
-    display = Display(Console(file=io.StringIO()), "AP50", 1)
+    out = io.StringIO()
+    display = Display(Console(file=out), "AP50", 1)
     first = Study(params, display, 2, url, "shared")
     second = Study(params, display, 2, url, "shared")
     assert first.created and not second.created
@@ -256,6 +257,11 @@ def test_a_command_that_finds_a_brand_new_rdb_study_waits_for_its_creator_to_set
     waiting.start()
     waiting.join(1.0)
     assert waiting.is_alive() and not first.study.get_trials() and STUDY_UID not in first.study.user_attrs
+    for _ in range(100):   # after a second it says why it waits
+        if "waiting for the command that created study 'shared'" in out.getvalue():
+            break
+        waiting.join(0.1)
+    assert "waiting for the command that created study 'shared' to set it up (at most 30 s)" in out.getvalue()
     first.prepare()
     waiting.join(10)
     assert not waiting.is_alive()

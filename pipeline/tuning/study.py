@@ -182,10 +182,15 @@ class Study:
         sharing a new study would otherwise both enqueue the baseline and each write its own uid. A study
         whose trials have run was set up, or comes from before uids; a creator gone for SETUP_WAIT left it
         to us."""
-        deadline = time.monotonic() + SETUP_WAIT
-        while STUDY_UID not in self.study.user_attrs and time.monotonic() < deadline:
+        start = time.monotonic()
+        told = False
+        while STUDY_UID not in self.study.user_attrs and time.monotonic() < start + SETUP_WAIT:
             if any(t.state.name != "WAITING" for t in self.study.get_trials(deepcopy=False)):
                 return
+            if not told and time.monotonic() > start + 1:
+                told = True
+                self.display.line(f"waiting for the command that created study '{self.name}' to set it up "
+                                  f"(at most {SETUP_WAIT:.0f} s)")
             time.sleep(0.2)
 
     def recover(self) -> None:
