@@ -273,11 +273,22 @@ def test_a_command_that_finds_a_brand_new_rdb_study_waits_for_its_creator_to_set
     assert len(first.study.get_trials()) == 1 and first.study.user_attrs[STUDY_UID] == uid
 
 
-def test_commands_opening_a_new_rdb_storage_together_all_open_it(tmp_path):
+@pytest.mark.parametrize("server", ["sqlite", "postgres"])
+def test_commands_opening_a_new_rdb_storage_together_all_open_it(request, tmp_path, server):
     # Workers started together on a new database each create its tables: the later ones met "table studies
     # already exists" (or the schema version row's UNIQUE constraint), reported as "storage unreachable".
     # Between threads the race happened on every try before the fix.
     from pipeline.tuning.storage import storage_for
+    if server == "postgres":
+        import psycopg2
+        admin = request.getfixturevalue("postgres")
+        conn = psycopg2.connect(admin.replace("postgresql+psycopg2", "postgresql"))
+        conn.autocommit = True   # CREATE DATABASE runs outside a transaction
+        for attempt in range(3):
+            conn.cursor().execute(f"CREATE DATABASE new{attempt}")
+        conn.close()
+    urls = [f"sqlite:///{tmp_path / f'new{i}.db'}" if server == "sqlite" else
+            admin.rsplit("/", 1)[0] + f"/new{i}" for i in range(3)]
 
     def open_it(url, barrier, errors):
         barrier.wait()
@@ -285,8 +296,8 @@ def test_commands_opening_a_new_rdb_storage_together_all_open_it(tmp_path):
             storage_for(url, 20)
         except Exception as e:
             errors.append(e)
-    for attempt in range(3):
-        url, barrier, errors = f"sqlite:///{tmp_path / f'new{attempt}.db'}", threading.Barrier(3), []
+    for url in urls:
+        barrier, errors = threading.Barrier(3), []
         threads = [threading.Thread(target=open_it, args=(url, barrier, errors)) for _ in range(3)]
         for thread in threads:
             thread.start()
