@@ -3,7 +3,8 @@
 with. Each commit runs from its own clone through PYTHONPATH, in this environment (no install), with its own
 MLflow store; `--set key=value` changes params.yaml of every clone (e.g. train.amp=bf16), and each
 `--grid key=v1,v2,...` makes a clone per value (of every commit; several grids: every combination), e.g.
-float32 against bfloat16 over three seeds: --grid train.amp=none,bf16 --grid train.seed=0,1,2.
+float32 against bfloat16 over three seeds: --grid train.amp=none,bf16 --grid train.seed=0,1,2; values that
+hold commas as a YAML list: --grid 'model.min_size=[128, [96, 128]]'.
 
     python benchmarks/bench_main_job.py HEAD~3 HEAD [--rounds 2] [--set train.amp=bf16]
                                         [--grid train.seed=0,1,2] [--json out.json]
@@ -29,7 +30,7 @@ def clone(commit: str, where: Path, settings: list[str]) -> Path:
     """A clone of `commit` under `where`, named by the commit and `settings`, which it applies."""
     sha = subprocess.run(["git", "rev-parse", "--short", commit], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.strip()
-    dst = where / "_".join([sha, *settings])
+    dst = where / "_".join([sha, *settings]).replace(" ", "")
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dst)], check=True)
     subprocess.run(["git", "checkout", "-q", sha], cwd=dst, check=True)
     if settings:
@@ -41,6 +42,14 @@ def clone(commit: str, where: Path, settings: list[str]) -> Path:
             params[section][name] = yaml.safe_load(value)
         (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dst
+
+
+def grid_values(values: str) -> list[str]:
+    """'v1,v2,...', or a YAML list (its items may hold commas: '[128, [96, 128]]'), as settings' values."""
+    if not values.startswith("["):
+        return values.split(",")
+    import yaml
+    return [v if isinstance(v, str) else json.dumps(v) for v in yaml.safe_load(values)]   # JSON is YAML
 
 
 def repro(project: Path) -> dict:
@@ -77,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"main job (dvc repro --force) on {cpu_label()}; settings: {args.set or 'as committed'}; "
           f"grid: {args.grid or 'none'}")
-    grids = [[f"{key}={v}" for v in values.split(",")] for key, values in (g.split("=", 1) for g in args.grid)]
+    grids = [[f"{key}={v}" for v in grid_values(values)] for key, values in (g.split("=", 1) for g in args.grid)]
     with tempfile.TemporaryDirectory(prefix="main-job-") as tmp:
         projects = [clone(c, Path(tmp), [*args.set, *combo]) for c in args.commits
                     for combo in itertools.product(*grids)]
