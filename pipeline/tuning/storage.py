@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..paths import DEFAULT_JOURNAL
 
 SQLITE_HEADER = b"SQLite format 3\x00"
-SCHEMA_TRIES = 3   # opening a new RDB while another command creates its tables: tries before giving up
+SCHEMA_TRIES = 5   # opening a new RDB while another command creates its tables: tries (0.5 s, 1 s, ... apart)
 
 
 def shown_url(url: str) -> str:
@@ -78,7 +78,7 @@ def storage_for(url: str | None, heartbeat: int, on_stale=None):
                                   heartbeat_stale_trial_callback=stale)
         except Exception as e:  # SQLAlchemy raises many kinds for unreachable servers, bad URLs, missing drivers
             if attempt + 1 < SCHEMA_TRIES and _schema_race(e):
-                time.sleep(0.5)
+                time.sleep(0.5 * (attempt + 1))   # the other may be slow to commit on a loaded machine
                 continue
             raise UserError(f"{shown_url(url)}: storage unreachable ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:150]})") from None
