@@ -16,10 +16,15 @@ from pipeline.tuning.study import STUDY_UID
 SPACE = "train.lr: {type: float, low: 0.001, high: 0.01, log: true}\ntrain.epochs: {type: int, low: 1, high: 2}\n"
 
 
+def write_space(project, space=SPACE):
+    """experiments/tune_space.yaml of the project: the search space `fcos-exp tune` reads."""
+    (project / "experiments").mkdir()
+    (project / "experiments/tune_space.yaml").write_text(space)
+
+
 @pytest.fixture
 def tune_project(project):
-    (project / "experiments").mkdir()
-    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    write_space(project)
     assert run_cli("prepare").exit_code == 0
     return project
 
@@ -196,8 +201,7 @@ def test_killed_worker_trial_is_retried_and_its_mlflow_run_ended(tune_project, t
     ("model.backbone: {type: categorical, choices: []}\n", "non-empty choices"),
 ])
 def test_bad_search_space_is_one_line(project, space, message):
-    (project / "experiments").mkdir()
-    (project / "experiments/tune_space.yaml").write_text(space)
+    write_space(project, space)
     r = run_cli("tune", "--trials", "1")
     assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
@@ -212,8 +216,7 @@ def test_a_range_of_one_value_fixes_that_param(project):
 
 
 def test_unreachable_storage_is_one_line(project):
-    (project / "experiments").mkdir()
-    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    write_space(project)
     r = run_cli("tune", "--storage", "postgresql+psycopg2://u:p@127.0.0.1:9/db")
     assert r.exit_code == 2 and "storage unreachable" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert "u:p" not in r.stderr
@@ -234,8 +237,7 @@ def _sqlite_file(path):
 def test_storage_file_that_is_not_a_journal_is_refused_untouched(project, kind, message):
     """Issue 31.3: `--storage FILE` on a one-line text file appended an Optuna record to it; other files gave
     a KeyError traceback. Now: one line naming the file, and the file is left as it was."""
-    (project / "experiments").mkdir()
-    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    write_space(project)
     f = project / f"notes.{kind}"
     if kind == "sqlite":
         _sqlite_file(f)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from test_tune import SPACE
+from test_tune import write_space
 
 pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed (pip install -e '.[test]')")
 
@@ -39,8 +39,7 @@ def get(url: str, limit: float = 60):
 @pytest.mark.slow
 @pytest.mark.parametrize("storage", [None, "sqlite:///study.db"])
 def test_study_opens_in_optuna_dashboard(project, storage):
-    (project / "experiments").mkdir()
-    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    write_space(project)
     assert run_cli("prepare").exit_code == 0
     r = run_cli("tune", "--trials", "2", *(["--storage", storage] if storage else []))
     assert r.exit_code == 0, r.stderr

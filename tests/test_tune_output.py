@@ -8,7 +8,7 @@ import sys
 import mlflow
 import pytest
 from conftest import pause_env, run_cli, wait_paused
-from test_tune import journal_study, states
+from test_tune import journal_study, states, write_space
 
 # lr only: every trial trains the params' 2 epochs (half of the 12 images at batch 4: 2 steps an epoch)
 LR_SPACE = "train.lr: {type: float, low: 0.001, high: 0.01, log: true}\n"
@@ -21,8 +21,7 @@ def logged_project(project):
     p["train"]["epochs"] = 2
     p["tune"]["train_fraction"] = 0.5   # the step counts below, whatever the default fidelity
     (project / "params.yaml").write_text(yaml.safe_dump(p))
-    (project / "experiments").mkdir()
-    (project / "experiments/tune_space.yaml").write_text(LR_SPACE)
+    write_space(project, LR_SPACE)
     assert run_cli("prepare").exit_code == 0
     return project
 

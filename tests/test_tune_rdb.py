@@ -12,7 +12,7 @@ import mlflow
 import optuna
 import pytest
 from conftest import run_cli
-from test_tune import SPACE
+from test_tune import write_space
 
 from pipeline.tuning.study import STUDY_UID
 
@@ -55,8 +55,7 @@ def postgres(tmp_path):
 
 @pytest.mark.slow
 def test_study_on_postgresql(project, postgres):
-    (project / "experiments").mkdir()
-    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    write_space(project)
     assert run_cli("prepare").exit_code == 0
     r = run_cli("tune", "--trials", "2", "--storage", postgres, "--study-name", "pg")
     assert r.exit_code == 0, r.stderr
@@ -72,8 +71,7 @@ def test_a_command_that_finds_a_brand_new_rdb_study_waits_for_its_creator_to_set
     from pipeline.params import load_params
     from pipeline.tuning.display import Display
     from pipeline.tuning.study import Study
-    (project / "experiments").mkdir()
-    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    write_space(project)
     params, url = load_params("params.yaml"), f"sqlite:///{project / 'study.db'}"
     out = io.StringIO()
     display = Display(Console(file=out), "AP50", 1)
@@ -144,8 +142,7 @@ def test_of_two_parent_runs_made_for_one_new_study_the_later_gives_way(project, 
     from pipeline.tracking.store import experiment_id
     from pipeline.tracking.store import find_run as real_find_run
     from pipeline.tuning import study as study_module
-    (project / "experiments").mkdir()
-    (project / "experiments/tune_space.yaml").write_text(SPACE)
+    write_space(project)
     params, c, other = load_params("params.yaml"), mlflow.MlflowClient(), []
 
     def find_run(params, tags, first=False):

@@ -41,8 +41,9 @@ def test_gradients_pass_gradcheck_in_float64(channels_last_in, channels_last_out
     assert all(y.is_contiguous(memory_format=layout) for y in got)
     want, want_grads, _ = _outputs_and_grads(convs, xs, _direct, grads)
     for a, b in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+        a, b = a.detach(), b.detach()
         assert a.shape == b.shape
-        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-12 * max(1.0, float(b.detach().abs().max())))
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12 * max(1.0, float(b.abs().max())))
 
 
 def test_float32_outputs_and_gradients_match_float64_direct_convolution_to_rounding():
@@ -57,8 +58,9 @@ def test_float32_outputs_and_gradients_match_float64_direct_convolution_to_round
     want, want_grads, _ = _outputs_and_grads([ref], xs64, _direct, [g.double() for g in grads])
     # Winograd's rounding is ~1e-5 of the scale (the direct convolution's ~1e-6): bounded at 5e-5
     for a, b in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+        a, b = a.detach(), b.detach()
         assert a.dtype == torch.float32
-        torch.testing.assert_close(a.detach().double(), b.detach(), rtol=0, atol=5e-5 * float(b.detach().abs().max()))
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=5e-5 * float(b.abs().max()))
 
 
 def _small_model():
