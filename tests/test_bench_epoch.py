@@ -1,5 +1,6 @@
-"""benchmarks/bench_epoch.py: its generated dataset is a VOC folder the project reads without a problem, and a
-small run goes end to end and writes sane figures for both recipes (the speed itself is the benchmark's)."""
+"""benchmarks/bench_epoch.py: its generated dataset (benchmarks/voc_jpegs.py) is a VOC folder the project
+reads without a problem, and a small run goes end to end and writes sane figures for both recipes (the speed
+itself is the benchmark's)."""
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from fcos.data import VOC_CLASSES, DataReport, read_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_epoch import generate  # noqa: E402
+from voc_jpegs import generate  # noqa: E402
 
 
 def test_generated_dataset_is_voc_sized_and_reads_cleanly(tmp_path):
