@@ -1,9 +1,15 @@
 """A synthetic VOC2007 folder for benchmarks: JPEGs at VOC's sizes (500 wide, 281-375 high, a quarter of them
 portrait; photographic grain and quality 90, so that files are about as large as VOC's and decode as slowly),
 2-3 boxes of VOC classes each, Annotations as VOC XML and ImageSets/Main/trainval.txt. Seeded per image, so
-the same files on every machine."""
+the same files on every machine. Run alone, it writes one for `bench_epoch.py --data` to reuse:
+
+    python benchmarks/voc_jpegs.py FOLDER [--images 2000] [--scale 1.0]
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import time
 import xml.etree.ElementTree as ET
 from multiprocessing import Pool
@@ -72,3 +78,17 @@ def generate(folder: Path, n: int, seed: int = 0, scale: float = 1.0, processes:
     files = list((root / "JPEGImages").glob("*.jpg"))
     return root, {"images": n, "folder": str(root), "reused": reused, "seconds": round(time.perf_counter() - start, 2),
                   "mean_kb": round(sum(f.stat().st_size for f in files) / max(1, len(files)) / 1000, 1)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=float, default=1.0, help="image sizes as this fraction of VOC's")
+    args = ap.parse_args(argv)
+    print(json.dumps(generate(args.folder, args.images, args.seed, args.scale, processes=os.cpu_count() or 1)[1]))
+
+
+if __name__ == "__main__":
+    main()
